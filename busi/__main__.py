@@ -1,0 +1,5 @@
+import sys
+
+from busi.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""Command line: ``python -m busi COMMAND``. Renders library results; holds no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from busi import synth
+from busi.data import CLASSES, DatasetIndex, index_dataset
+from busi.errors import BusiError
+from busi.split import PARTS, group_kfold, three_way_split, write_manifest
+
+
+def _print_summary(index: DatasetIndex) -> None:
+    counts = index.class_counts()
+    print(f"Dataset: {index.root}")
+    print(f"Scans: {len(index.records)} (" + ", ".join(f"{counts[c]} {c}" for c in CLASSES) + ")")
+    multi = sum("multiple_masks" in r.flags for r in index.records)
+    groups = len(set(index.groups.tolist()))
+    print(f"Scans with several masks (merged): {multi}")
+    print(f"Independent groups after near-duplicate grouping: {groups}")
+
+
+def _print_findings(index: DatasetIndex) -> None:
+    if not index.findings:
+        print("Validation: no problems found.")
+        return
+    by_code = Counter((f.severity, f.code) for f in index.findings)
+    print("Validation report:")
+    for (severity, code), count in sorted(by_code.items()):
+        print(f"  {severity:7} {code:20} {count}")
+    for finding in index.findings:
+        print(f"  - [{finding.severity}] {finding.message}")
+
+
+def _index(args: argparse.Namespace) -> int:
+    index = index_dataset(args.directory)
+    _print_summary(index)
+    _print_findings(index)
+    if args.csv:
+        index.write_csv(args.csv)
+        print(f"Index written to {args.csv}")
+    return 0
+
+
+def _duplicates(args: argparse.Namespace) -> int:
+    index = index_dataset(args.directory)
+    members: dict[int, list] = {}
+    for record in index.records:
+        members.setdefault(record.group, []).append(record)
+    shared = {g: m for g, m in members.items() if len(m) > 1}
+    print(f"{sum(map(len, shared.values()))} scans in {len(shared)} near-duplicate groups.")
+    conflicts = index.label_conflicts()
+    for group, records in sorted(shared.items()):
+        marker = "  LABEL CONFLICT" if group in conflicts else ""
+        print(f"group {group}:{marker}")
+        for record in records:
+            print(f"  {record.label:9} {index.relative_path(record)}")
+    print(f"{len(conflicts)} groups mix classes (label conflicts).")
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    index = index_dataset(args.directory)
+    parts = three_way_split(index.labels, index.groups, seed=args.seed)
+    folds = group_kfold(index.labels, index.groups, n_splits=args.folds, seed=args.seed) if args.folds else None
+    write_manifest(args.out, index, parts, folds)
+    for part in PARTS:
+        counts = Counter(label for label, p in zip(index.labels, parts) if p == part)
+        print(f"{part:5} {sum(counts.values()):4}  " + "  ".join(f"{c} {counts[c]}" for c in CLASSES))
+    print(f"Manifest written to {args.out}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    root = synth.write_dataset(args.out, args.per_class, args.seed, (args.size, args.size))
+    print(f"Wrote {args.per_class * len(CLASSES)} phantoms to {root}")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m busi", description="Breast-ultrasound (BUSI) tumour classification tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="summarise and validate a dataset folder")
+    index.add_argument("directory", help="folder holding Dataset_BUSI_with_GT or the class folders")
+    index.add_argument("--csv", help="also write the per-scan index table to this CSV file")
+    index.set_defaults(run=_index)
+
+    dup = commands.add_parser("duplicates", help="list near-duplicate groups and label conflicts")
+    dup.add_argument("directory")
+    dup.set_defaults(run=_duplicates)
+
+    split = commands.add_parser("split", help="write a stratified, group-aware train/val/test manifest")
+    split.add_argument("directory")
+    split.add_argument("--out", required=True, help="manifest CSV to write")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--folds", type=int, default=0, help="also assign K cross-validation folds (K >= 2)")
+    split.set_defaults(run=_split)
+
+    synth_parser = commands.add_parser("synth", help="generate synthetic phantoms in the BUSI layout")
+    synth_parser.add_argument("--out", required=True, help="folder to create Dataset_BUSI_with_GT in")
+    synth_parser.add_argument("--per-class", type=int, default=synth.DEMO_PER_CLASS)
+    synth_parser.add_argument("--seed", type=int, default=0)
+    synth_parser.add_argument("--size", type=int, default=256, help="side of each phantom in pixels")
+    synth_parser.set_defaults(run=_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BusiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, permission denied: the user's environment, not a bug
+        print(f"error: {error.strerror or error}: {error.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2

@@ -1,0 +1,162 @@
+"""Reading and writing images and files: the only place where colour conversion happens.
+
+Scans may arrive in any mode PIL knows (1-bit, palette, grey, RGB, RGBA, CMYK, 16-bit) and as
+paths or in-memory bytes (uploads, which must never touch the disk).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from busi.errors import ImageError
+
+Source = str | os.PathLike | bytes
+
+# Ultrasound scans are around 500x500; 50 Mpx is generous yet stops decompression bombs.
+MAX_PIXELS = 50_000_000
+MIN_SCAN_SIDE = 32
+# A pixel counts as coloured when its channels differ this much (Doppler, coloured markers);
+# JPEG chroma noise on grey scans stays well below it.
+_COLOUR_CHANNEL_SPREAD = 40
+COLOUR_FRACTION_MIN = 1e-4
+
+
+def _describe(source: Source) -> str:
+    return "the uploaded image" if isinstance(source, bytes) else f"'{source}'"
+
+
+def _open(source: Source, max_pixels: int) -> Image.Image:
+    name = _describe(source)
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{name} is empty (0 bytes): choose a PNG, JPEG, BMP or TIFF scan.")
+        stream: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        stream = Path(source)
+        if not stream.is_file():
+            raise ImageError(f"{name} does not exist or is not a file.")
+        if stream.stat().st_size == 0:
+            raise ImageError(f"{name} is empty (0 bytes): replace it with a valid image.")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below decides; PIL's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"{name} is {width}x{height} px, over the limit of {max_pixels:,} pixels: "
+                    "downscale it before use."
+                )
+            image.load()
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{name} is too large to decode safely ({error}).") from error
+    except UnidentifiedImageError as error:
+        raise ImageError(
+            f"{name} is not an image PIL can read: save it as PNG, JPEG, BMP or TIFF."
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name} is damaged or truncated ({error}): export it again.") from error
+    return image
+
+
+def _to_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 grey (H, W) or RGB (H, W, 3); transparency composited on black."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit scans use the full range; scaling by 257 keeps their meaning, not stretched.
+        scale = 257.0 if values.max(initial=0) > 255 else 1.0
+        return np.clip(np.round(values / scale), 0, 255).astype(np.uint8)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "PA", "La"):
+        image = image.convert("RGBA")
+    elif mode not in ("1", "L", "RGB", "RGBA"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB ...
+    if image.mode == "1":
+        image = image.convert("L")
+    array = np.asarray(image)
+    if image.mode == "RGBA":
+        alpha = array[..., 3:4].astype(np.float32) / 255.0
+        array = np.round(array[..., :3] * alpha).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def read_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a path or bytes into uint8 grey (H, W) or RGB (H, W, 3).
+
+    Raises ImageError with a message naming the file and what to do when the input is empty,
+    truncated, not an image, or larger than ``max_pixels``.
+    """
+    return _to_array(_open(source, max_pixels))
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (H, W, 3) RGB -> uint8 (H, W) luminance."""
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    raise ImageError(f"Expected a grey or RGB image, got an array of shape {image.shape}.")
+
+
+def colour_fraction(image: np.ndarray) -> float:
+    """Fraction of pixels whose RGB channels clearly differ (0 for grey images)."""
+    if image.ndim == 2:
+        return 0.0
+    spread = image.max(axis=2).astype(np.int16) - image.min(axis=2)
+    return float(np.mean(spread > _COLOUR_CHANNEL_SPREAD))
+
+
+def require_scan_size(grey: np.ndarray, source: Source) -> np.ndarray:
+    """Return ``grey`` unchanged, or raise ImageError when it is too small to be a scan."""
+    height, width = grey.shape[:2]
+    if min(height, width) < MIN_SCAN_SIDE:
+        raise ImageError(
+            f"{_describe(source)} is {width}x{height} px; a scan must be at least "
+            f"{MIN_SCAN_SIDE}x{MIN_SCAN_SIDE} px."
+        )
+    return grey
+
+
+def read_scan(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode a scan as uint8 grey (H, W), refusing images too small to be a scan."""
+    return require_scan_size(to_grey(read_image(source, max_pixels=max_pixels)), source)
+
+
+def read_mask(source: Source) -> np.ndarray:
+    """Decode a lesion mask as bool (H, W): any pixel brighter than mid-grey is lesion."""
+    return to_grey(read_image(source)) >= 128
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 grey/RGB array or bool mask -> PNG bytes."""
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode() if isinstance(data, str) else data
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

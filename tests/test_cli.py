@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import pytest
+
+from busi.cli import main
+from busi.split import read_manifest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "busi", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", ["index", "duplicates", "split", "synth"])
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and "usage: python -m busi " + command in result.stdout
+
+
+def test_index_prints_summary_and_writes_csv(synthetic_dataset, tmp_path, capsys):
+    assert main(["index", str(synthetic_dataset), "--csv", str(tmp_path / "index.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "Scans: 18 (6 benign, 6 malignant, 6 normal)" in out
+    assert "no problems found" in out
+    assert (tmp_path / "index.csv").read_text().count("\n") == 19
+
+
+def test_split_writes_a_manifest_with_folds(synthetic_dataset, tmp_path, capsys):
+    assert main(["split", str(synthetic_dataset), "--out", str(tmp_path / "s.csv"), "--folds", "3"]) == 0
+    rows = read_manifest(tmp_path / "s.csv")
+    assert len(rows) == 18 and {r["fold"] for r in rows} == {"0", "1", "2"}
+    assert "test" in capsys.readouterr().out
+
+
+def test_duplicates_and_synth(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--per-class", "2", "--size", "64"]) == 0
+    assert main(["duplicates", str(tmp_path)]) == 0
+    assert "0 scans in 0 near-duplicate groups" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["index", "/no/such/folder"], "does not exist"),
+        (["duplicates", "."], "not a BUSI dataset"),
+        (["synth", "--out", "{tmp}", "--per-class", "0"], "per_class must be at least 1"),
+        (["split", "{data}", "--out", "{tmp}/s.csv", "--folds", "1"], "at least 2 folds"),
+        (["index", "{data}", "--csv", "/proc/forbidden/x.csv"], "error:"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, tmp_path, synthetic_dataset):
+    args = [a.format(tmp=tmp_path, data=synthetic_dataset) for a in args]
+    result = run(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_real_busi_index(real_busi):
+    result = run("index", str(real_busi))
+    assert result.returncode == 0
+    assert "Scans: 663 (371 benign, 179 malignant, 113 normal)" in result.stdout
+    assert "label_conflict" in result.stdout
