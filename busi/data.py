@@ -302,7 +302,7 @@ def index_dataset(path: str | os.PathLike, *, workers: int | None = None) -> Dat
             ScanRecord(scan, label, inspection.width, inspection.height, inspection.usable_masks,
                        inspection.lesion_fraction, group, tuple(flags))
         )
-    for group, positions in sorted(conflicts.items()):
+    for _, positions in sorted(conflicts.items()):
         members = ", ".join(f"{records[p].label}/{records[p].path.name}" for p in positions)
         findings.append(
             Finding("warning", "label_conflict", str(records[positions[0]].path),
