@@ -1,0 +1,30 @@
+import math
+
+import numpy as np
+import pytest
+
+from busi.metrics import confusion_matrix, summarise, wilson_interval
+
+
+def test_confusion_matrix_rows_are_truth():
+    matrix = confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_summary_against_hand_computed_values():
+    # benign 2/2 right; malignant 1 of 2 (one called benign); normal 1/1.
+    truth = np.array([0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 1, 0, 2])
+    summary = summarise(truth, predicted)
+    assert summary["accuracy"] == pytest.approx(4 / 5)
+    assert summary["malignant_recall"] == pytest.approx(0.5)
+    f1_benign = 2 * (2 / 3) * 1 / (2 / 3 + 1)
+    f1_malignant = 2 * 1 * 0.5 / 1.5
+    assert summary["macro_f1"] == pytest.approx((f1_benign + f1_malignant + 1) / 3)
+
+
+def test_wilson_interval_matches_the_textbook():
+    low, high = wilson_interval(81, 100)
+    assert (round(low, 3), round(high, 3)) == (0.722, 0.875)  # p=0.81, n=100, z=1.96
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
