@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 from busi import synth
+from busi.config import config_to_dict
+from busi.preprocess import PreprocessConfig
 from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.errors import BusiError
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
+from busi.train import STOP_FILE, BatchEnd, Done, EpochEnd, Failed, Stopped, TrainConfig, train
 
 
 def _print_summary(index: DatasetIndex) -> None:
@@ -80,6 +85,39 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_event(event) -> None:
+    if isinstance(event, BatchEnd):
+        filled = round(20 * event.batch / event.batches)
+        print(f"\repoch {event.epoch} [{'#' * filled}{'.' * (20 - filled)}] batch {event.batch}/{event.batches} "
+              f"loss {event.loss:.4f} {event.images_per_s:.1f} img/s", end="", flush=True)
+    elif isinstance(event, EpochEnd):
+        print(f"\repoch {event.epoch}/{event.epochs} train loss {event.train_loss:.4f} val loss {event.val_loss:.4f} "
+              f"acc {event.val_accuracy:.3f} macro-F1 {event.val_macro_f1:.3f} "
+              f"malignant recall {event.val_malignant_recall:.3f} lr {event.lr:.2g} ETA {event.eta_s:.0f} s")
+    elif isinstance(event, Done):
+        print(f"done: best validation macro-F1 {event.best_val_macro_f1:.3f} at epoch {event.best_epoch}")
+    elif isinstance(event, Stopped):
+        print(f"\nstopped in epoch {event.epoch} ({event.reason}); resume with --resume")
+
+
+def _train(args: argparse.Namespace) -> int:
+    defaults = config_to_dict(TrainConfig())
+    config = TrainConfig(**{name: getattr(args, name) for name in defaults if getattr(args, name, None) is not None})
+    preprocess = PreprocessConfig(size=args.image_size) if args.image_size else PreprocessConfig()
+
+    def request_stop(signum, frame) -> None:  # the engine stops at the next batch, checkpointed
+        Path(args.out, STOP_FILE).touch()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    for event in train(args.data, args.out, config, preprocess, resume=args.resume):
+        _render_event(event)
+        if isinstance(event, Failed):
+            print(f"\nerror: {event.message}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m busi", description="Breast-ultrasound (BUSI) tumour classification tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,6 +144,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     synth_parser.add_argument("--seed", type=int, default=0)
     synth_parser.add_argument("--size", type=int, default=256, help="side of each phantom in pixels")
     synth_parser.set_defaults(run=_synth)
+
+    train_parser = commands.add_parser("train", help="train a classifier into a run folder (defaults: the study's recipe)")
+    train_parser.add_argument("--data", required=True, help="dataset folder")
+    train_parser.add_argument("--out", required=True, help="run folder to create or resume")
+    train_parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train_parser.add_argument("--image-size", type=int, help="model input side in pixels (default 224)")
+    for name, value in config_to_dict(TrainConfig()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            train_parser.add_argument(flag, type=lambda text: text.lower() in ("1", "true", "yes"), dest=name,
+                                      help=f"true/false (default {value})")
+        else:
+            train_parser.add_argument(flag, type=type(value), dest=name, help=f"default {value}")
+    train_parser.set_defaults(run=_train)
     return parser
 
 

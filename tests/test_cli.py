@@ -61,3 +61,33 @@ def test_real_busi_index(real_busi):
     assert result.returncode == 0
     assert "Scans: 663 (371 benign, 179 malignant, 113 normal)" in result.stdout
     assert "label_conflict" in result.stdout
+
+
+def test_train_runs_the_engine_and_reports_failures(synthetic_dataset, tmp_path):
+    ok = run("train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "run"), "--arch", "resnet18",
+             "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--device", "cpu")
+    assert ok.returncode == 0, ok.stderr
+    assert "done: best validation macro-F1" in ok.stdout
+    assert (tmp_path / "run" / "best.pt").is_file()
+    bad = run("train", "--data", str(synthetic_dataset), "--out", str(tmp_path / "bad"), "--arch", "resnet18",
+              "--batch-size", "400", "--image-size", "32")
+    assert bad.returncode == 2 and "batch_size 400 exceeds" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sigint_stops_training_at_a_checkpoint(synthetic_dataset, tmp_path):
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "busi", "train", "--data", str(synthetic_dataset), "--out",
+                                str(tmp_path), "--arch", "resnet18", "--epochs", "50", "--batch-size", "2",
+                                "--image-size", "32", "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert "stopped in epoch" in out
+    from busi.train import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] >= 1

@@ -1,0 +1,369 @@
+"""Training that reports progress as typed events and keeps everything in a run folder.
+
+``train(...)`` is a generator: the CLI renders its events as a progress bar, the app as live
+charts, and every event is also appended to ``events.jsonl`` (flushed) so another process can
+follow the run. The library never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from busi.config import config_from_dict, config_to_dict
+from busi.data import CLASSES, index_dataset, load_scan
+from busi.errors import BusiError, ParameterError
+from busi.imageio import write_atomic
+from busi.metrics import summarise
+from busi.model import build_model, to_model_tensor
+from busi.preprocess import Pipeline, PreprocessConfig
+from busi.split import three_way_split, write_manifest
+
+STOP_FILE = "STOP"
+CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults reproduce the study: ResNet-50, SGD 0.001 momentum 0.9, StepLR 5 x0.1,
+    10 epochs, batch 8, horizontal flips, 72.25/12.75/15 split."""
+
+    arch: str = "resnet50"
+    pretrained: str = "none"
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    step_size: int = 5
+    gamma: float = 0.1
+    class_weighting: str = "none"  # none | loss | sampler
+    label_smoothing: float = 0.0
+    flip: bool = True
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0 = torch's default
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("batch_size", 1), ("step_size", 1)):
+            if getattr(self, name) < low:
+                raise ParameterError(f"{name} must be at least {low}, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise ParameterError(f"lr must be positive, got {self.lr}.")
+        choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "cosine"),
+                   "class_weighting": ("none", "loss", "sampler"), "device": ("auto", "cpu", "cuda", "mps")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+
+
+# -- events -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchEnd:
+    epoch: int
+    batch: int
+    batches: int
+    loss: float
+    images_per_s: float
+    kind: str = "batch_end"
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    val_malignant_recall: float
+    lr: float
+    eta_s: float
+    kind: str = "epoch_end"
+
+
+@dataclass(frozen=True)
+class Done:
+    best_epoch: int
+    best_val_macro_f1: float
+    kind: str = "done"
+
+
+@dataclass(frozen=True)
+class Stopped:
+    epoch: int
+    reason: str
+    kind: str = "stopped"
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    kind: str = "failed"
+
+
+Event = BatchEnd | EpochEnd | Done | Stopped | Failed
+EVENT_TYPES = {cls.kind: cls for cls in (BatchEnd, EpochEnd, Done, Stopped, Failed)}  # type: ignore[attr-defined]
+
+
+def read_events(run_dir: str | os.PathLike) -> list[Event]:
+    """Events written so far; a half-written last line (run still going) is left for later."""
+    path = Path(run_dir) / "events.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            values = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        events.append(EVENT_TYPES[values["kind"]](**values))
+    return events
+
+
+# -- run folder ---------------------------------------------------------------------------------
+
+@dataclass
+class _Data:
+    images: np.ndarray  # uint8 (N, size, size), preprocessed once
+    labels: np.ndarray  # int (N,)
+    parts: np.ndarray  # "train" | "val" | "test"
+    paths: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BusiError("CUDA was requested but no CUDA GPU is available: choose 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, seed: int) -> tuple[_Data, object]:
+    index = index_dataset(data_dir)
+    if not index.records:
+        raise BusiError(f"No readable scans in '{data_dir}': nothing to train on.")
+    pipeline = Pipeline(preprocess)
+    images = np.stack([pipeline.model_input(load_scan(record)) for record in index.records])
+    labels = np.array([CLASSES.index(label) for label in index.labels])
+    parts = three_way_split(index.labels, index.groups, seed=seed)
+    return _Data(images, labels, parts, [index.relative_path(r) for r in index.records]), index
+
+
+def _write_json(path: Path, values: dict) -> None:
+    write_atomic(path, json.dumps(values, indent=2, sort_keys=True))
+
+
+def _environment(device: torch.device) -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig,
+                     preprocess: PreprocessConfig, best: tuple[int, float]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "train_config": config_to_dict(config),
+        "preprocess_config": config_to_dict(preprocess),
+        "classes": list(CLASSES),
+        "best_epoch": best[0],
+        "best_val_macro_f1": best[1],
+    }
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint dict, loaded safely (``weights_only``): no code in the file runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise BusiError(f"No checkpoint at '{path}': train a model first, or choose another run.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
+        raise BusiError(f"'{path}' is not a usable busi checkpoint ({type(error).__name__}: {error}). "
+                        "Retrain, or resume from the run's other checkpoint.") from error
+    required = {"model", "train_config", "preprocess_config", "classes"}
+    if not isinstance(state, dict) or required - set(state):
+        raise BusiError(f"'{path}' is not a busi checkpoint (expected keys {', '.join(sorted(required))}).")
+    return state
+
+
+def _evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
+              batch_size: int, criterion: nn.Module) -> tuple[float, np.ndarray]:
+    """Mean loss and softmax probabilities (N, C)."""
+    model.eval()
+    losses, probabilities = [], []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_model_tensor(torch.from_numpy(images[start:start + batch_size]).to(device))
+            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
+            logits = model(x)
+            losses.append(criterion(logits, y).item() * len(y))
+            probabilities.append(torch.softmax(logits, 1).cpu().numpy())
+    return sum(losses) / max(1, len(images)), np.concatenate(probabilities) if probabilities else np.zeros((0, len(CLASSES)))
+
+
+def _class_weights(labels: np.ndarray) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
+    weights = np.where(counts > 0, counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train(
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    preprocess: PreprocessConfig = PreprocessConfig(),
+    *,
+    resume: bool = False,
+) -> Iterator[Event]:
+    """Train into ``run_dir``, yielding events; stops at the next batch when ``run_dir/STOP``
+    appears (the app and signal handlers create it) after saving a usable checkpoint."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / STOP_FILE).unlink(missing_ok=True)
+    log = open(run / "events.jsonl", "a")
+
+    def emit(event: Event) -> Event:
+        log.write(json.dumps(asdict(event)) + "\n")
+        log.flush()
+        return event
+
+    try:
+        start_epoch, best = 1, (0, -1.0)
+        checkpoint = None
+        if resume:
+            checkpoint = load_checkpoint(run / CHECKPOINT)
+            config = config_from_dict(TrainConfig, checkpoint["train_config"])
+            preprocess = config_from_dict(PreprocessConfig, checkpoint["preprocess_config"])
+            start_epoch = checkpoint["epoch"] + 1
+            best = (checkpoint["best_epoch"], checkpoint["best_val_macro_f1"])
+        torch.manual_seed(config.seed)
+        rng = np.random.default_rng((config.seed, start_epoch))
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = resolve_device(config.device)
+        data, index = _prepare_data(Path(data_dir), preprocess, config.seed)
+        train_rows = np.flatnonzero(data.parts == "train")
+        val_rows = np.flatnonzero(data.parts == "val")
+        if len(train_rows) < config.batch_size:
+            raise ParameterError(f"batch_size {config.batch_size} exceeds the {len(train_rows)} training scans: lower it.")
+        _write_json(run / "config.json", {"train": config_to_dict(config), "preprocess": config_to_dict(preprocess),
+                                          "classes": list(CLASSES), "data_dir": str(index.root)})
+        write_manifest(run / "split.csv", index, data.parts)
+        _write_json(run / "environment.json", _environment(device))
+
+        model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
+        weights = _class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
+        criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+        if config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
+        if config.schedule == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
+        if checkpoint:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+
+        sample_weights = None
+        if config.class_weighting == "sampler":
+            per_class = _class_weights(data.labels[train_rows]).numpy()
+            sample_weights = per_class[data.labels[train_rows]] / per_class[data.labels[train_rows]].sum()
+        batches = math.ceil(len(train_rows) / config.batch_size)
+        started = time.perf_counter()
+        for epoch in range(start_epoch, config.epochs + 1):
+            model.train()
+            order = rng.choice(train_rows, len(train_rows), p=sample_weights) if sample_weights is not None else rng.permutation(train_rows)
+            epoch_loss = 0.0
+            for batch, rows in enumerate(np.array_split(order, batches), start=1):
+                batch_started = time.perf_counter()
+                images = data.images[rows]
+                if config.flip:  # horizontal only: the skin line stays at the top
+                    flips = rng.random(len(rows)) < 0.5
+                    images = np.where(flips[:, None, None], images[:, :, ::-1], images)
+                x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(images)).to(device))
+                y = torch.from_numpy(data.labels[rows]).to(device)
+                loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                epoch_loss += loss.item() * len(rows)
+                yield emit(BatchEnd(epoch, batch, batches, loss.item(), len(rows) / (time.perf_counter() - batch_started)))
+                if (run / STOP_FILE).exists():
+                    # The epoch is incomplete: record the previous one so resume redoes this one.
+                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, best)
+                    (run / STOP_FILE).unlink(missing_ok=True)
+                    yield emit(Stopped(epoch, "stop requested"))
+                    return
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            val_loss, probabilities = _evaluate(model, data.images[val_rows], data.labels[val_rows], device, config.batch_size, criterion)
+            summary = summarise(data.labels[val_rows], probabilities.argmax(1))
+            if summary["macro_f1"] > best[1]:
+                best = (epoch, summary["macro_f1"])
+                torch.save({"model": model.state_dict(), "train_config": config_to_dict(config),
+                            "preprocess_config": config_to_dict(preprocess), "classes": list(CLASSES)}, run / f"{BEST_CHECKPOINT}.tmp")
+                os.replace(run / f"{BEST_CHECKPOINT}.tmp", run / BEST_CHECKPOINT)
+            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, best)
+            elapsed = time.perf_counter() - started
+            done_epochs = epoch - start_epoch + 1
+            yield emit(EpochEnd(epoch, config.epochs, epoch_loss / len(train_rows), val_loss, summary["accuracy"],
+                                summary["macro_f1"], summary["malignant_recall"], lr,
+                                elapsed / done_epochs * (config.epochs - epoch)))
+        _write_predictions(run, model, data, device, config.batch_size, criterion)
+        yield emit(Done(*best))
+    except BusiError as error:
+        yield emit(Failed(str(error)))
+    except torch.OutOfMemoryError:
+        yield emit(Failed("Out of memory: lower the batch size or the image size, or train on the CPU."))
+    finally:
+        log.close()
+
+
+def _write_predictions(run: Path, model: nn.Module, data: _Data, device: torch.device, batch_size: int, criterion: nn.Module) -> None:
+    """predictions.csv (per scan: split, true class, probabilities) and metrics.json, best model."""
+    model.load_state_dict(load_checkpoint(run / BEST_CHECKPOINT)["model"])
+    _, probabilities = _evaluate(model, data.images, data.labels, device, batch_size, criterion)
+    lines = ["path,split,label," + ",".join(f"p_{c}" for c in CLASSES)]
+    for path, part, label, row in zip(data.paths, data.parts, data.labels, probabilities):
+        quoted = '"' + path.replace('"', '""') + '"'
+        lines.append(f"{quoted},{part},{CLASSES[label]}," + ",".join(f"{p:.6f}" for p in row))
+    write_atomic(run / "predictions.csv", "\n".join(lines) + "\n")
+    metrics = {part: summarise(data.labels[data.parts == part], probabilities[data.parts == part].argmax(1))
+               for part in ("train", "val", "test") if (data.parts == part).any()}
+    _write_json(run / "metrics.json", metrics)

@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from busi.config import config_from_dict
+from busi.errors import BusiError
+from busi.model import build_model, to_model_tensor
+from busi.preprocess import Pipeline, PreprocessConfig
+from busi.train import (
+    BatchEnd,
+    Done,
+    EpochEnd,
+    Failed,
+    Stopped,
+    TrainConfig,
+    load_checkpoint,
+    read_events,
+    train,
+)
+from busi.imageio import read_scan
+
+TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", seed=1)
+SMALL = PreprocessConfig(size=32)
+
+
+def test_training_yields_events_in_order_and_fills_the_run_folder(synthetic_dataset, tmp_path):
+    events = list(train(synthetic_dataset, tmp_path, TINY, SMALL))
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "done" and kinds.count("epoch_end") == 2
+    first_epoch = kinds.index("epoch_end")
+    assert set(kinds[:first_epoch]) == {"batch_end"}
+    assert [e.epoch for e in events if isinstance(e, EpochEnd)] == [1, 2]
+    assert all(isinstance(e.loss, float) and e.images_per_s > 0 for e in events if isinstance(e, BatchEnd))
+    for name in ("config.json", "split.csv", "events.jsonl", "checkpoint.pt", "best.pt", "metrics.json",
+                 "predictions.csv", "environment.json"):
+        assert (tmp_path / name).is_file(), name
+    assert read_events(tmp_path) == events
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["arch"] == "resnet18" and config["preprocess"]["size"] == 32
+    assert (tmp_path / "predictions.csv").read_text().count("\n") == 19
+
+
+def test_reloaded_best_model_reproduces_its_predictions(synthetic_dataset, tmp_path):
+    list(train(synthetic_dataset, tmp_path, TINY, SMALL))
+    state = load_checkpoint(tmp_path / "best.pt")
+    model = build_model(state["train_config"]["arch"], 3).eval()
+    model.load_state_dict(state["model"])
+    preprocess = config_from_dict(PreprocessConfig, state["preprocess_config"])
+    line = (tmp_path / "predictions.csv").read_text().splitlines()[1]
+    path = line.split('"')[1]
+    image = Pipeline(preprocess).model_input(read_scan(synthetic_dataset / path))
+    with torch.no_grad():
+        probabilities = torch.softmax(model(to_model_tensor(torch.from_numpy(image[None]))), 1)[0].numpy()
+    expected = np.array([float(v) for v in line.split(",")[-3:]])
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset, tmp_path):
+    events = []
+    for event in train(synthetic_dataset, tmp_path, TINY, SMALL):
+        events.append(event)
+        if isinstance(event, EpochEnd):
+            (tmp_path / "STOP").touch()
+    assert isinstance(events[-1], Stopped) and events[-1].epoch == 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    resumed = list(train(synthetic_dataset, tmp_path, resume=True))
+    assert [e.epoch for e in resumed if isinstance(e, EpochEnd)] == [2]
+    assert isinstance(resumed[-1], Done)
+
+
+def test_batch_larger_than_the_data_fails_with_a_message(synthetic_dataset, tmp_path):
+    events = list(train(synthetic_dataset, tmp_path, TrainConfig(arch="resnet18", batch_size=500, device="cpu"), SMALL))
+    assert isinstance(events[-1], Failed) and "batch_size 500 exceeds" in events[-1].message
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a usable busi checkpoint"), (b"PK\x03\x04truncated", "not a usable busi checkpoint")],
+)
+def test_corrupt_checkpoints_are_refused(tmp_path, content, message):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(BusiError, match=message):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("open('" + str(tmp_path / "pwned") + "', 'w').close()",))
+
+    torch.save({"model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(BusiError, match="not a usable busi checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_foreign_checkpoint_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(BusiError, match="not a busi checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
+     ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device")],
+)
+def test_invalid_training_settings(settings, message):
+    with pytest.raises(BusiError, match=message):
+        TrainConfig(**settings)
