@@ -198,6 +198,11 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: 
         "best_epoch": best[0],
         "best_val_macro_f1": best[1],
     }
+    _save_atomic(path, state)
+
+
+def _save_atomic(path: Path, state: dict) -> None:
+    """A crash mid-save leaves the previous checkpoint intact, never half of a new one."""
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
     os.replace(temporary, path)
@@ -336,9 +341,8 @@ def train(
             summary = summarise(data.labels[val_rows], probabilities.argmax(1))
             if summary["macro_f1"] > best[1]:
                 best = (epoch, summary["macro_f1"])
-                torch.save({"model": model.state_dict(), "train_config": config_to_dict(config),
-                            "preprocess_config": config_to_dict(preprocess), "classes": list(CLASSES)}, run / f"{BEST_CHECKPOINT}.tmp")
-                os.replace(run / f"{BEST_CHECKPOINT}.tmp", run / BEST_CHECKPOINT)
+                _save_atomic(run / BEST_CHECKPOINT, {"model": model.state_dict(), "train_config": config_to_dict(config),
+                                                     "preprocess_config": config_to_dict(preprocess), "classes": list(CLASSES)})
             _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, best)
             elapsed = time.perf_counter() - started
             done_epochs = epoch - start_epoch + 1
