@@ -69,13 +69,28 @@ def three_way_split(
 ) -> np.ndarray:
     """'train' / 'val' / 'test' per item; ``val_fraction`` is taken of what the test cut left."""
     groups = np.asarray(groups)
+    return _carve_validation(labels, groups, holdout_groups(labels, groups, test_fraction, seed), val_fraction, seed)
+
+
+def _carve_validation(labels: list[str], groups: np.ndarray, test: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """'test' where ``test`` holds, 'val' for a group-aware share of the rest, 'train' after."""
     parts = np.full(len(labels), "train", dtype=object)
-    test = holdout_groups(labels, groups, test_fraction, seed)
     parts[test] = "test"
     rest = np.flatnonzero(~test)
     val = holdout_groups([labels[i] for i in rest], groups[rest], val_fraction, seed + 1)
     parts[rest[val]] = "val"
     return parts
+
+
+def cross_validation_split(labels: list[str], groups: np.ndarray, *, fold: int, n_splits: int = 5, seed: int = 0,
+                           val_fraction: float = VAL_FRACTION) -> np.ndarray:
+    """'train' / 'val' / 'test' for one fold of group-aware K-fold cross-validation: the fold is
+    the test part and validation (for model selection) is carved from the other folds."""
+    if not 0 <= fold < n_splits:
+        raise ParameterError(f"fold must be between 0 and {n_splits - 1}, got {fold}.")
+    groups = np.asarray(groups)
+    folds = group_kfold(labels, groups, n_splits=n_splits, seed=seed)
+    return _carve_validation(labels, groups, folds == fold, val_fraction, seed)
 
 
 def group_kfold(labels: list[str], groups: np.ndarray, *, n_splits: int = 5, seed: int = 0) -> np.ndarray:

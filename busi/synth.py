@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from busi.cache import default_cache_dir
 from busi.data import CLASSES, DATASET_FOLDER
 from busi.errors import ParameterError
 from busi.imageio import encode_png
@@ -142,10 +143,6 @@ def write_dataset(out: str | os.PathLike, per_class: int, seed: int = 0, size: t
                 suffix = "_mask" if mask_number == 0 else f"_mask_{mask_number}"
                 (folder / f"{name}{suffix}.png").write_bytes(encode_png(mask))
     return root
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BUSI_CACHE", Path.home() / ".cache" / "busi"))
 
 
 def ensure_demo_dataset(cache_dir: str | os.PathLike | None = None) -> Path:

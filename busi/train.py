@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from busi.config import config_from_dict, config_to_dict
-from busi.data import CLASSES, index_dataset, load_scan
+from busi.cache import cached_inputs
+from busi.data import CLASSES, DatasetIndex, index_dataset, load_scan
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
 from busi.metrics import summarise
-from busi.model import build_model, to_model_tensor
+from busi.model import batched_logits, build_model, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig
-from busi.split import three_way_split, write_manifest
+from busi.split import cross_validation_split, three_way_split, write_manifest
 
 STOP_FILE = "STOP"
 CHECKPOINT = "checkpoint.pt"
@@ -54,6 +55,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     flip: bool = True
     seed: int = 0
+    folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
+    fold: int = 0
     device: str = "auto"
     threads: int = 0  # 0 = torch's default
 
@@ -68,6 +71,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")
+        if self.folds == 1 or self.folds < 0:
+            raise ParameterError(f"folds must be 0 (single split) or at least 2, got {self.folds}.")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ParameterError(f"fold must be between 0 and {self.folds - 1}, got {self.fold}.")
         if not 0 <= self.label_smoothing < 1:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
 
@@ -81,6 +88,7 @@ class BatchEnd:
     batches: int
     loss: float
     images_per_s: float
+    size: int
     kind: str = "batch_end"
 
 
@@ -159,15 +167,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, seed: int) -> tuple[_Data, object]:
+def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, config: TrainConfig) -> tuple[_Data, DatasetIndex]:
     index = index_dataset(data_dir)
     if not index.records:
         raise BusiError(f"No readable scans in '{data_dir}': nothing to train on.")
-    pipeline = Pipeline(preprocess)
-    images = np.stack([pipeline.model_input(load_scan(record)) for record in index.records])
+    images = model_inputs(index, preprocess)
     labels = np.array([CLASSES.index(label) for label in index.labels])
-    parts = three_way_split(index.labels, index.groups, seed=seed)
+    if config.folds:
+        parts = cross_validation_split(index.labels, index.groups, fold=config.fold, n_splits=config.folds, seed=config.seed)
+    else:
+        parts = three_way_split(index.labels, index.groups, seed=config.seed)
     return _Data(images, labels, parts, [index.relative_path(r) for r in index.records]), index
+
+
+def model_inputs(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarray:
+    """uint8 (N, size, size): every scan through the deterministic pipeline, cached on disk."""
+    pipeline = Pipeline(preprocess)
+    return cached_inputs(preprocess.to_json(), [record.path for record in index.records],
+                         lambda: np.stack([pipeline.model_input(load_scan(record)) for record in index.records]))
+
+
+def input_statistics(images: np.ndarray) -> dict[str, float]:
+    """Spread of per-image brightness and contrast over the training inputs, kept with the
+    weights so prediction can warn about scans unlike anything the model has seen."""
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    means, stds = flat.mean(1), flat.std(1)
+    return {"brightness_mean": float(means.mean()), "brightness_sd": float(means.std()),
+            "contrast_mean": float(stds.mean()), "contrast_sd": float(stds.std())}
 
 
 def _write_json(path: Path, values: dict) -> None:
@@ -185,16 +211,18 @@ def _environment(device: torch.device) -> dict:
     }
 
 
+def _model_state(model: nn.Module, config: TrainConfig, preprocess: PreprocessConfig, stats: dict[str, float]) -> dict:
+    """What inference needs: the weights travel with their preprocessing and class names."""
+    return {"model": model.state_dict(), "train_config": config_to_dict(config),
+            "preprocess_config": config_to_dict(preprocess), "classes": list(CLASSES), "input_stats": stats}
+
+
 def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig,
-                     preprocess: PreprocessConfig, best: tuple[int, float]) -> None:
-    state = {
-        "model": model.state_dict(),
+                     preprocess: PreprocessConfig, stats: dict[str, float], best: tuple[int, float]) -> None:
+    state = _model_state(model, config, preprocess, stats) | {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
-        "train_config": config_to_dict(config),
-        "preprocess_config": config_to_dict(preprocess),
-        "classes": list(CLASSES),
         "best_epoch": best[0],
         "best_val_macro_f1": best[1],
     }
@@ -224,25 +252,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
-def _evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
-              batch_size: int, criterion: nn.Module) -> tuple[float, np.ndarray]:
-    """Mean loss and softmax probabilities (N, C)."""
-    model.eval()
-    losses, probabilities = [], []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = to_model_tensor(torch.from_numpy(images[start:start + batch_size]).to(device))
-            y = torch.from_numpy(labels[start:start + batch_size]).to(device)
-            logits = model(x)
-            losses.append(criterion(logits, y).item() * len(y))
-            probabilities.append(torch.softmax(logits, 1).cpu().numpy())
-    return sum(losses) / max(1, len(images)), np.concatenate(probabilities) if probabilities else np.zeros((0, len(CLASSES)))
+def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
+             batch_size: int) -> tuple[float, np.ndarray]:
+    """Mean loss and softmax probabilities (N, C) of ready model inputs."""
+    if not len(images):
+        return math.nan, np.zeros((0, len(CLASSES)), dtype=np.float32)
+    logits = batched_logits(model, images, device, batch_size)
+    loss = criterion(logits.to(device), torch.from_numpy(labels).to(device)).item()
+    return loss, torch.softmax(logits, 1).numpy()
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
+                    labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, flip: bool,
+                    rng: np.random.Generator, epoch: int) -> Iterator[BatchEnd]:
+    """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
+    caller can report progress and stop between batches."""
+    model.train()
+    batches = math.ceil(len(order) / batch_size)
+    for batch, rows in enumerate(np.array_split(order, batches), start=1):
+        started = time.perf_counter()
+        batch_images = images[rows]
+        if flip:  # horizontal only: the skin line stays at the top
+            flips = rng.random(len(rows)) < 0.5
+            batch_images = np.where(flips[:, None, None], batch_images[:, :, ::-1], batch_images)
+        x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(batch_images)).to(device))
+        loss = criterion(model(x), torch.from_numpy(labels[rows]).to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        yield BatchEnd(epoch, batch, batches, loss.item(), len(rows) / (time.perf_counter() - started), len(rows))
 
 
 def _class_weights(labels: np.ndarray) -> torch.Tensor:
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
     weights = np.where(counts > 0, counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "step":
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
 
 
 def train(
@@ -279,11 +333,12 @@ def train(
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
-        data, index = _prepare_data(Path(data_dir), preprocess, config.seed)
+        data, index = _prepare_data(Path(data_dir), preprocess, config)
         train_rows = np.flatnonzero(data.parts == "train")
         val_rows = np.flatnonzero(data.parts == "val")
         if len(train_rows) < config.batch_size:
             raise ParameterError(f"batch_size {config.batch_size} exceeds the {len(train_rows)} training scans: lower it.")
+        stats = input_statistics(data.images[train_rows])
         _write_json(run / "config.json", {"train": config_to_dict(config), "preprocess": config_to_dict(preprocess),
                                           "classes": list(CLASSES), "data_dir": str(index.root)})
         write_manifest(run / "split.csv", index, data.parts)
@@ -292,14 +347,7 @@ def train(
         model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
         weights = _class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        if config.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
-        if config.schedule == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
-        else:
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
+        optimizer, scheduler = _optimiser(model, config)
         if checkpoint:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -307,48 +355,37 @@ def train(
 
         sample_weights = None
         if config.class_weighting == "sampler":
-            per_class = _class_weights(data.labels[train_rows]).numpy()
-            sample_weights = per_class[data.labels[train_rows]] / per_class[data.labels[train_rows]].sum()
-        batches = math.ceil(len(train_rows) / config.batch_size)
+            per_class = _class_weights(data.labels[train_rows]).numpy()[data.labels[train_rows]]
+            sample_weights = per_class / per_class.sum()
         started = time.perf_counter()
         for epoch in range(start_epoch, config.epochs + 1):
-            model.train()
-            order = rng.choice(train_rows, len(train_rows), p=sample_weights) if sample_weights is not None else rng.permutation(train_rows)
+            if sample_weights is not None:
+                order = rng.choice(train_rows, len(train_rows), p=sample_weights)
+            else:
+                order = rng.permutation(train_rows)
             epoch_loss = 0.0
-            for batch, rows in enumerate(np.array_split(order, batches), start=1):
-                batch_started = time.perf_counter()
-                images = data.images[rows]
-                if config.flip:  # horizontal only: the skin line stays at the top
-                    flips = rng.random(len(rows)) < 0.5
-                    images = np.where(flips[:, None, None], images[:, :, ::-1], images)
-                x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(images)).to(device))
-                y = torch.from_numpy(data.labels[rows]).to(device)
-                loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_loss += loss.item() * len(rows)
-                yield emit(BatchEnd(epoch, batch, batches, loss.item(), len(rows) / (time.perf_counter() - batch_started)))
+            for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
+                                         config.batch_size, device, config.flip, rng, epoch):
+                epoch_loss += event.loss * event.size
+                yield emit(event)
                 if (run / STOP_FILE).exists():
                     # The epoch is incomplete: record the previous one so resume redoes this one.
-                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, best)
+                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, stats, best)
                     (run / STOP_FILE).unlink(missing_ok=True)
                     yield emit(Stopped(epoch, "stop requested"))
                     return
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            val_loss, probabilities = _evaluate(model, data.images[val_rows], data.labels[val_rows], device, config.batch_size, criterion)
+            val_loss, probabilities = evaluate(model, criterion, data.images[val_rows], data.labels[val_rows], device, config.batch_size)
             summary = summarise(data.labels[val_rows], probabilities.argmax(1))
             if summary["macro_f1"] > best[1]:
                 best = (epoch, summary["macro_f1"])
-                _save_atomic(run / BEST_CHECKPOINT, {"model": model.state_dict(), "train_config": config_to_dict(config),
-                                                     "preprocess_config": config_to_dict(preprocess), "classes": list(CLASSES)})
-            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, best)
+                _save_atomic(run / BEST_CHECKPOINT, _model_state(model, config, preprocess, stats))
+            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best)
             elapsed = time.perf_counter() - started
-            done_epochs = epoch - start_epoch + 1
             yield emit(EpochEnd(epoch, config.epochs, epoch_loss / len(train_rows), val_loss, summary["accuracy"],
                                 summary["macro_f1"], summary["malignant_recall"], lr,
-                                elapsed / done_epochs * (config.epochs - epoch)))
+                                elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)))
         _write_predictions(run, model, data, device, config.batch_size, criterion)
         yield emit(Done(*best))
     except BusiError as error:
@@ -362,7 +399,7 @@ def train(
 def _write_predictions(run: Path, model: nn.Module, data: _Data, device: torch.device, batch_size: int, criterion: nn.Module) -> None:
     """predictions.csv (per scan: split, true class, probabilities) and metrics.json, best model."""
     model.load_state_dict(load_checkpoint(run / BEST_CHECKPOINT)["model"])
-    _, probabilities = _evaluate(model, data.images, data.labels, device, batch_size, criterion)
+    _, probabilities = evaluate(model, criterion, data.images, data.labels, device, batch_size)
     lines = ["path,split,label," + ",".join(f"p_{c}" for c in CLASSES)]
     for path, part, label, row in zip(data.paths, data.parts, data.labels, probabilities):
         quoted = '"' + path.replace('"', '""') + '"'

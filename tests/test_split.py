@@ -5,7 +5,14 @@ import pytest
 
 from busi.data import index_dataset
 from busi.errors import ParameterError
-from busi.split import group_kfold, holdout_groups, read_manifest, three_way_split, write_manifest
+from busi.split import (
+    cross_validation_split,
+    group_kfold,
+    holdout_groups,
+    read_manifest,
+    three_way_split,
+    write_manifest,
+)
 
 CLASS_SIZES = {"benign": 370, "malignant": 180, "normal": 110}
 
@@ -75,6 +82,25 @@ def test_kfold_refuses_impossible_fold_counts(n_splits, message):
     labels = ["benign", "malignant"] * 10
     with pytest.raises(ParameterError, match=message):
         group_kfold(labels, np.arange(20) // 2, n_splits=n_splits)
+
+
+def test_cross_validation_folds_are_the_test_parts_and_cover_every_scan_once():
+    labels, groups = _toy()
+    folds = group_kfold(labels, groups, n_splits=5, seed=2)
+    tested = np.zeros(len(labels), dtype=int)
+    for fold in range(5):
+        parts = cross_validation_split(labels, groups, fold=fold, n_splits=5, seed=2)
+        _assert_groups_whole(parts, groups)
+        assert ((parts == "test") == (folds == fold)).all()
+        assert (parts == "val").sum() == pytest.approx(0.15 * (folds != fold).sum(), rel=0.3)
+        tested += parts == "test"
+    assert (tested == 1).all()
+
+
+def test_cross_validation_refuses_a_fold_out_of_range():
+    labels, groups = _toy()
+    with pytest.raises(ParameterError, match="between 0 and 4"):
+        cross_validation_split(labels, groups, fold=5, n_splits=5)
 
 
 def test_manifest_round_trips(synthetic_dataset, tmp_path):

@@ -19,7 +19,9 @@ from busi.train import (
     read_events,
     train,
 )
+from busi.data import index_dataset
 from busi.imageio import read_scan
+from busi.split import group_kfold, read_manifest
 
 TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", seed=1)
 SMALL = PreprocessConfig(size=32)
@@ -55,6 +57,17 @@ def test_reloaded_best_model_reproduces_its_predictions(synthetic_dataset, tmp_p
         probabilities = torch.softmax(model(to_model_tensor(torch.from_numpy(image[None]))), 1)[0].numpy()
     expected = np.array([float(v) for v in line.split(",")[-3:]])
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_a_cross_validation_fold_tests_on_that_fold(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", folds=3, fold=1)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
+    rows = read_manifest(tmp_path / "split.csv")
+    index = index_dataset(synthetic_dataset)
+    folds = group_kfold(index.labels, index.groups, n_splits=3, seed=0)
+    assert [r["split"] == "test" for r in rows] == (folds == 1).tolist()
+    assert set(load_checkpoint(tmp_path / "best.pt")["input_stats"]) == {
+        "brightness_mean", "brightness_sd", "contrast_mean", "contrast_sd"}
 
 
 def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset, tmp_path):
@@ -105,7 +118,8 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "settings, message",
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
-     ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device")],
+     ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
+     ({"folds": 5, "fold": 5}, "fold must be between 0 and 4")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
