@@ -86,6 +86,20 @@ def resize(image: np.ndarray, size: int, *, keep_aspect: bool = True) -> np.ndar
     return scaled.astype(bool) if is_mask else scaled
 
 
+def to_scan_geometry(values: np.ndarray, shape: tuple[int, int], *, keep_aspect: bool) -> np.ndarray:
+    """Undo ``resize``: a float map (size, size) over the model input -> float32 (H, W) over the
+    original scan, so heatmaps line up with the scan the user sees. Padding is dropped."""
+    size = values.shape[0]
+    height, width = shape
+    values = values.astype(np.float32)
+    if keep_aspect:
+        scale = size / max(height, width)
+        new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+        top, left = (size - new_height) // 2, (size - new_width) // 2
+        values = values[top : top + new_height, left : left + new_width]
+    return cv2.resize(values, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def clahe(image: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation; grey uint8 -> grey uint8."""
     _check_image(image)

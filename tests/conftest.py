@@ -36,3 +36,16 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """The demo dataset cache never lands in the user's home during tests."""
     monkeypatch.setenv("BUSI_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_dataset, tmp_path_factory) -> Path:
+    """A finished one-epoch ResNet-18 run at 32 px on the synthetic data (read-only for tests)."""
+    from busi.preprocess import PreprocessConfig
+    from busi.train import Done, TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, lr=0.01, device="cpu", seed=1)
+    events = list(train(synthetic_dataset, run, config, PreprocessConfig(size=32)))
+    assert isinstance(events[-1], Done), events[-1]
+    return run

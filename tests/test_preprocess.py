@@ -18,6 +18,7 @@ from busi.preprocess import (
     morphology,
     overlay,
     resize,
+    to_scan_geometry,
 )
 
 RNG = np.random.default_rng(0)
@@ -190,3 +191,14 @@ def test_disabled_steps_are_skipped_and_model_input_never_needs_a_mask():
     stages = pipeline.stages(image)
     assert "clahe" not in stages and "mask" not in stages
     assert (pipeline.model_input(image) == stages["resized"]).all()
+
+
+@pytest.mark.parametrize("keep_aspect", [True, False])
+def test_scan_geometry_undoes_the_resize(keep_aspect):
+    mask = np.zeros((60, 120), bool)
+    mask[10:40, 70:110] = True
+    small = resize(mask, 64, keep_aspect=keep_aspect).astype(np.float32)
+    back = to_scan_geometry(small, mask.shape, keep_aspect=keep_aspect)
+    assert back.shape == (60, 120) and back.dtype == np.float32
+    restored = back > 0.5
+    assert (restored & mask).sum() / (restored | mask).sum() > 0.9

@@ -1,0 +1,192 @@
+"""Prediction with exactly the training-time preprocessing, and Grad-CAM on top of it.
+
+A ``Classifier`` is loaded from a run folder (its best checkpoint) and carries the weights with
+their preprocessing, class names and the statistics of the training inputs, so nothing is
+guessed at prediction time. One instance may be shared by several threads (the app caches it
+for every session): forward passes are serialised by a lock and never change the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from busi.config import config_from_dict
+from busi.errors import BusiError, ImageError, ParameterError
+from busi.explain import GradCam
+from busi.imageio import Source, colour_fraction, read_image, require_scan_size, to_grey, write_atomic
+from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
+from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
+from busi.train import BEST_CHECKPOINT, CHECKPOINT, TrainConfig, load_checkpoint
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Grey scans with a few coloured calipers stay far below this; photographs and Doppler do not.
+COLOUR_WARNING_FRACTION = 0.05
+# Brightness or contrast this many standard deviations from the training inputs is unusual.
+OUTLIER_Z = 4.0
+
+ImageInput = Source | np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probabilities: dict[str, float]
+    model_input: np.ndarray  # uint8 (size, size): what the model saw
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    class_name: str
+    heat: np.ndarray  # float32 (H, W) in [0, 1] over the original scan
+    scan: np.ndarray  # uint8 grey (H, W)
+    probabilities: dict[str, float]
+
+
+def _as_grey(image: ImageInput) -> tuple[np.ndarray, float]:
+    """A grey scan and the fraction of clearly coloured pixels it came with."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+            raise ImageError(f"Expected a uint8 grey (H, W) or RGB (H, W, 3) array, got {image.dtype} {image.shape}.")
+        pixels, source = image, "the array"
+    else:
+        pixels, source = read_image(image), image
+    return require_scan_size(to_grey(pixels), source), colour_fraction(pixels)
+
+
+class Classifier:
+    def __init__(self, state: dict, source: Path, device: str | torch.device = "cpu") -> None:
+        self.source = source
+        self.train_config = config_from_dict(TrainConfig, state["train_config"])
+        self.preprocess = config_from_dict(PreprocessConfig, state["preprocess_config"])
+        self.classes = tuple(state["classes"])
+        self.input_stats = state.get("input_stats", {})
+        self.device = torch.device(device)
+        self.pipeline = Pipeline(self.preprocess)
+        model = build_model(self.train_config.arch, len(self.classes))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise BusiError(f"The weights in '{source}' do not fit a {self.train_config.arch} with "
+                            f"{len(self.classes)} classes: the checkpoint is damaged or from another model.") from error
+        self.model = model.to(self.device).eval()
+        self._lock = threading.Lock()
+
+    def _warnings(self, model_input: np.ndarray, coloured: float) -> tuple[str, ...]:
+        found = []
+        if coloured >= COLOUR_WARNING_FRACTION:
+            found.append(f"{coloured:.0%} of the pixels are coloured; ultrasound scans are grey. This may not be a "
+                         "breast ultrasound scan, so the prediction is meaningless.")
+        stats = self.input_stats
+        if stats:
+            for name, value in (("brightness", model_input.mean()), ("contrast", model_input.std())):
+                spread = max(stats[f"{name}_sd"], 1e-6)
+                if abs(value - stats[f"{name}_mean"]) / spread > OUTLIER_Z:
+                    found.append(f"The scan's {name} ({value:.0f}) is far outside what the model was trained on "
+                                 f"({stats[f'{name}_mean']:.0f} ± {stats[f'{name}_sd']:.0f}): treat the prediction with caution.")
+        return tuple(found)
+
+    def predict(self, image: ImageInput) -> Prediction:
+        return self.predict_many([image])[0]
+
+    def predict_many(self, images: Sequence[ImageInput], batch_size: int = 16) -> list[Prediction]:
+        """Predictions in order; raises on the first unreadable image (see ``predict_files``)."""
+        prepared = [_as_grey(image) for image in images]
+        inputs = np.stack([self.pipeline.model_input(grey) for grey, _ in prepared]) if prepared else np.zeros((0, 1, 1), np.uint8)
+        with self._lock:
+            probabilities = torch.softmax(batched_logits(self.model, inputs, self.device, batch_size), 1).numpy()
+        return [Prediction(self.classes[int(row.argmax())], dict(zip(self.classes, map(float, row))), model_input,
+                           self._warnings(model_input, coloured))
+                for row, model_input, (_, coloured) in zip(probabilities, inputs, prepared)]
+
+    def explain(self, image: ImageInput, class_name: str | None = None) -> Explanation:
+        """Grad-CAM for ``class_name`` (default: the predicted class) at the scan's resolution."""
+        if class_name is not None and class_name not in self.classes:
+            raise ParameterError(f"class_name must be one of {', '.join(self.classes)}, got '{class_name}'.")
+        grey, _ = _as_grey(image)
+        model_input = self.pipeline.model_input(grey)
+        x = to_model_tensor(torch.from_numpy(model_input[None]).to(self.device))
+        layer = last_conv_stage(self.model, self.train_config.arch)
+        with self._lock, GradCam(self.model, layer) as cam:
+            heat, probabilities = cam(x, None if class_name is None else self.classes.index(class_name))
+        chosen = class_name or self.classes[int(probabilities.argmax())]
+        heat = np.clip(to_scan_geometry(heat, grey.shape, keep_aspect=self.preprocess.keep_aspect), 0, 1)
+        return Explanation(chosen, heat, grey, dict(zip(self.classes, map(float, probabilities))))
+
+
+def checkpoint_of(run: str | os.PathLike) -> Path:
+    """The checkpoint a run folder (or a checkpoint file) is used through: best, else last."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise BusiError(f"'{path}' is neither a run folder nor a checkpoint file.")
+    for name in (BEST_CHECKPOINT, CHECKPOINT):
+        if (path / name).is_file():
+            return path / name
+    raise BusiError(f"Run folder '{path}' has no checkpoint yet ({BEST_CHECKPOINT} or {CHECKPOINT}): "
+                    "train it for at least one epoch, or choose another run.")
+
+
+def load_classifier(run: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:
+    checkpoint = checkpoint_of(run)
+    return Classifier(load_checkpoint(checkpoint), checkpoint, device)
+
+
+def predict(run: str | os.PathLike | Classifier, image: ImageInput) -> Prediction:
+    classifier = run if isinstance(run, Classifier) else load_classifier(run)
+    return classifier.predict(image)
+
+
+def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the scans inside folders (recursively, masks left out), in order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                            and "_mask" not in p.stem.lower() and p.is_file())
+        elif path.exists():
+            found.append(path)
+        else:
+            raise BusiError(f"'{path}' does not exist.")
+    return found
+
+
+def predict_files(classifier: Classifier, paths: Sequence[Path]) -> list[dict[str, str]]:
+    """One CSV row per file; an unreadable file gets its error in the row instead of stopping
+    the batch."""
+    rows = []
+    for path in paths:
+        row = {"path": str(path), "label": "", **{f"p_{c}": "" for c in classifier.classes}, "warnings": "", "error": ""}
+        try:
+            prediction = classifier.predict(path)
+        except ImageError as error:
+            row["error"] = str(error)
+        else:
+            row["label"] = prediction.label
+            row |= {f"p_{c}": f"{p:.6f}" for c, p in prediction.probabilities.items()}
+            row["warnings"] = " | ".join(prediction.warnings)
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_rows_csv(path: str | os.PathLike, rows: list[dict[str, str]]) -> None:
+    write_atomic(path, rows_to_csv(rows))
