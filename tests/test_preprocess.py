@@ -201,4 +201,7 @@ def test_scan_geometry_undoes_the_resize(keep_aspect):
     back = to_scan_geometry(small, mask.shape, keep_aspect=keep_aspect)
     assert back.shape == (60, 120) and back.dtype == np.float32
     restored = back > 0.5
-    assert (restored & mask).sum() / (restored | mask).sum() > 0.9
+    # Nearest-neighbour quantisation blurs the edges by a pixel; misplaced padding would shift it.
+    assert (restored & mask).sum() / (restored | mask).sum() > 0.85
+    centre = np.argwhere(mask).mean(0)
+    assert np.abs(np.argwhere(restored).mean(0) - centre).max() < 1.5
