@@ -14,6 +14,10 @@ from busi.config import config_to_dict
 from busi.preprocess import PreprocessConfig
 from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.errors import BusiError
+from busi.evaluate import BOOTSTRAP_SAMPLES, SPLITS, evaluate_run, format_report, write_report_json
+from busi.explain import energy_inside, heatmap_overlay
+from busi.imageio import encode_png, read_mask, write_atomic
+from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
 from busi.train import STOP_FILE, BatchEnd, Done, EpochEnd, Failed, Stopped, TrainConfig, train
 
@@ -118,6 +122,63 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+NOTICE = "Research demo, not a medical device: predictions must not guide patient care."
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    split = args.split or ("all" if args.data else "test")
+    _, result = evaluate_run(args.run, data_dir=args.data, split=split, threshold=args.threshold,
+                                       samples=args.bootstrap)
+    source = args.data or f"its {split} split"
+    print(f"Run {args.run} on {source}: {result['n']} scans")
+    print(format_report(result))
+    if args.json:
+        write_report_json(args.json, result)
+        print(f"Report written to {args.json}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    classifier = load_classifier(args.run)
+    rows = predict_files(classifier, image_files(args.images))
+    print(NOTICE)
+    for row in rows:
+        if row["error"]:
+            print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
+            continue
+        probabilities = "  ".join(f"{c} {float(row[f'p_{c}']):.3f}" for c in classifier.classes)
+        print(f"{row['path']}: {row['label']}  ({probabilities})")
+        for warning in filter(None, row["warnings"].split(" | ")):
+            print(f"  warning: {warning}")
+    if args.csv:
+        write_rows_csv(args.csv, rows)
+        print(f"Predictions written to {args.csv}")
+    return 2 if any(row["error"] for row in rows) else 0
+
+
+def _cam(args: argparse.Namespace) -> int:
+    classifier = load_classifier(args.run)
+    explanation = classifier.explain(args.image, args.class_name)
+    write_atomic(args.out, encode_png(heatmap_overlay(explanation.scan, explanation.heat, args.opacity)))
+    print(NOTICE)
+    print(f"Grad-CAM for {explanation.class_name} written to {args.out}; probabilities: "
+          + ", ".join(f"{c} {p:.3f}" for c, p in explanation.probabilities.items()))
+    if args.mask:
+        mask = read_mask(args.mask)
+        if mask.shape != explanation.heat.shape:
+            raise BusiError(f"The mask is {mask.shape[1]}x{mask.shape[0]} px but the scan is "
+                            f"{explanation.heat.shape[1]}x{explanation.heat.shape[0]} px: choose the scan's own mask.")
+        print(f"Heatmap energy inside the lesion mask: {energy_inside(explanation.heat, mask):.1%}")
+    return 0
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m busi", description="Breast-ultrasound (BUSI) tumour classification tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -125,25 +186,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     index = commands.add_parser("index", help="summarise and validate a dataset folder")
     index.add_argument("directory", help="folder holding Dataset_BUSI_with_GT or the class folders")
     index.add_argument("--csv", help="also write the per-scan index table to this CSV file")
-    index.set_defaults(run=_index)
+    index.set_defaults(run_command=_index)
 
     dup = commands.add_parser("duplicates", help="list near-duplicate groups and label conflicts")
     dup.add_argument("directory")
-    dup.set_defaults(run=_duplicates)
+    dup.set_defaults(run_command=_duplicates)
 
     split = commands.add_parser("split", help="write a stratified, group-aware train/val/test manifest")
     split.add_argument("directory")
     split.add_argument("--out", required=True, help="manifest CSV to write")
     split.add_argument("--seed", type=int, default=0)
     split.add_argument("--folds", type=int, default=0, help="also assign K cross-validation folds (K >= 2)")
-    split.set_defaults(run=_split)
+    split.set_defaults(run_command=_split)
 
     synth_parser = commands.add_parser("synth", help="generate synthetic phantoms in the BUSI layout")
     synth_parser.add_argument("--out", required=True, help="folder to create Dataset_BUSI_with_GT in")
     synth_parser.add_argument("--per-class", type=int, default=synth.DEMO_PER_CLASS)
     synth_parser.add_argument("--seed", type=int, default=0)
     synth_parser.add_argument("--size", type=int, default=256, help="side of each phantom in pixels")
-    synth_parser.set_defaults(run=_synth)
+    synth_parser.set_defaults(run_command=_synth)
 
     train_parser = commands.add_parser("train", help="train a classifier into a run folder (defaults: the study's recipe)")
     train_parser.add_argument("--data", required=True, help="dataset folder")
@@ -157,14 +218,39 @@ def get_args_parser() -> argparse.ArgumentParser:
                                       help=f"true/false (default {value})")
         else:
             train_parser.add_argument(flag, type=type(value), dest=name, help=f"default {value}")
-    train_parser.set_defaults(run=_train)
+    train_parser.set_defaults(run_command=_train)
+
+    evaluate = commands.add_parser("evaluate", help="classification report with 95%% intervals, ROC/PR, calibration")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--data", help="evaluate on every scan of this dataset folder instead of the run's split")
+    evaluate.add_argument("--split", choices=SPLITS, help="part of the run's split (default test; 'all' with --data)")
+    evaluate.add_argument("--threshold", type=_probability,
+                          help="call a scan malignant when p(malignant) reaches this (default: most probable class)")
+    evaluate.add_argument("--bootstrap", type=int, default=BOOTSTRAP_SAMPLES, help="bootstrap resamples for the intervals")
+    evaluate.add_argument("--json", help="also write the full report (curves, bins) to this JSON file")
+    evaluate.set_defaults(run_command=_evaluate)
+
+    predict_parser = commands.add_parser("predict", help="classify scans with a trained run")
+    predict_parser.add_argument("run", help="run folder or checkpoint file")
+    predict_parser.add_argument("images", nargs="+", metavar="IMAGE", help="scan files or folders of scans")
+    predict_parser.add_argument("--csv", help="also write one row per scan to this CSV file")
+    predict_parser.set_defaults(run_command=_predict)
+
+    cam = commands.add_parser("cam", help="write a Grad-CAM overlay of one scan")
+    cam.add_argument("run", help="run folder or checkpoint file")
+    cam.add_argument("image", help="scan file")
+    cam.add_argument("--out", required=True, help="PNG file to write")
+    cam.add_argument("--class", dest="class_name", choices=CLASSES, help="class to explain (default: the predicted one)")
+    cam.add_argument("--mask", help="lesion mask of the scan: also report the heatmap energy inside it")
+    cam.add_argument("--opacity", type=_probability, default=0.45)
+    cam.set_defaults(run_command=_cam)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.run_command(args)
     except BusiError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

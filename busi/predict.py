@@ -101,12 +101,18 @@ class Classifier:
     def predict_many(self, images: Sequence[ImageInput], batch_size: int = 16) -> list[Prediction]:
         """Predictions in order; raises on the first unreadable image (see ``predict_files``)."""
         prepared = [_as_grey(image) for image in images]
-        inputs = np.stack([self.pipeline.model_input(grey) for grey, _ in prepared]) if prepared else np.zeros((0, 1, 1), np.uint8)
-        with self._lock:
-            probabilities = torch.softmax(batched_logits(self.model, inputs, self.device, batch_size), 1).numpy()
+        if not prepared:
+            return []
+        inputs = np.stack([self.pipeline.model_input(grey) for grey, _ in prepared])
+        probabilities = self.probabilities(inputs, batch_size)
         return [Prediction(self.classes[int(row.argmax())], dict(zip(self.classes, map(float, row))), model_input,
                            self._warnings(model_input, coloured))
                 for row, model_input, (_, coloured) in zip(probabilities, inputs, prepared)]
+
+    def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """float (N, C) for ready uint8 model inputs (N, size, size)."""
+        with self._lock:
+            return torch.softmax(batched_logits(self.model, inputs, self.device, batch_size), 1).numpy()
 
     def explain(self, image: ImageInput, class_name: str | None = None) -> Explanation:
         """Grad-CAM for ``class_name`` (default: the predicted class) at the scan's resolution."""

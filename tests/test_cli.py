@@ -1,20 +1,27 @@
+import json
+import re
 import subprocess
 import sys
+
+import numpy as np
 
 import pytest
 
 from busi.cli import main
+from busi.imageio import read_image, read_scan
 from busi.split import read_manifest
+from tests.conftest import png_bytes
 
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "busi", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["index", "duplicates", "split", "synth"])
-def test_every_command_has_help(command):
-    result = run(command, "--help")
-    assert result.returncode == 0 and "usage: python -m busi " + command in result.stdout
+@pytest.mark.parametrize("command", ["index", "duplicates", "split", "synth", "train", "evaluate", "predict", "cam"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main([command, "--help"])
+    assert exit_code.value.code == 0 and "usage: python -m busi " + command in capsys.readouterr().out
 
 
 def test_index_prints_summary_and_writes_csv(synthetic_dataset, tmp_path, capsys):
@@ -91,3 +98,49 @@ def test_sigint_stops_training_at_a_checkpoint(synthetic_dataset, tmp_path):
     from busi.train import load_checkpoint
 
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] >= 1
+
+
+def test_evaluate_prints_the_table_and_writes_strict_json(tiny_run, synthetic_dataset, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_run), "--bootstrap", "50", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "its test split" in out and "macro avg" in out and "sensitivity" in out
+    assert json.loads((tmp_path / "r.json").read_text())["n"] > 0
+    assert main(["evaluate", str(tiny_run), "--data", str(synthetic_dataset), "--threshold", "0.3", "--bootstrap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "18 scans" in out and "p(malignant) >= 0.30" in out
+
+
+def test_predict_writes_csv_and_reports_unreadable_files(tiny_run, synthetic_dataset, tmp_path, capsys):
+    (tmp_path / "bad.png").write_text("not an image")
+    code = main(["predict", str(tiny_run), str(synthetic_dataset / "malignant"), str(tmp_path / "bad.png"),
+                 "--csv", str(tmp_path / "p.csv")])
+    captured = capsys.readouterr()
+    assert code == 2 and "not a medical device" in captured.out
+    assert captured.out.count("malignant (") == 6 and "bad.png: error:" in captured.err
+    assert (tmp_path / "p.csv").read_text().count("\n") == 8
+
+
+def test_cam_writes_an_overlay_and_scores_the_mask(tiny_run, synthetic_dataset, tmp_path, capsys):
+    scan = synthetic_dataset / "benign" / "benign (1).png"
+    assert main(["cam", str(tiny_run), str(scan), "--out", str(tmp_path / "cam.png"),
+                 "--mask", str(synthetic_dataset / "benign" / "benign (1)_mask.png"), "--class", "malignant"]) == 0
+    out = capsys.readouterr().out
+    assert "Grad-CAM for malignant" in out and "energy inside the lesion mask" in out
+    overlay = read_image(tmp_path / "cam.png")
+    assert overlay.shape == read_scan(scan).shape + (3,)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "{empty}"], "has no predictions.csv"),
+    (["predict", "{empty}", "{scan}"], "no checkpoint yet"),
+    (["cam", "{run}", "{scan}", "--out", "{empty}/x.png", "--mask", "{other_mask}"], "choose the scan's own mask"),
+    (["evaluate", "{run}", "--data", "{empty}"], "No readable scans|not a BUSI|no class folders"),
+])
+def test_command_errors_are_one_line_without_traceback(tiny_run, synthetic_dataset, tmp_path, args, message):
+    values = {"empty": tmp_path, "run": tiny_run, "scan": synthetic_dataset / "benign" / "benign (1).png",
+              "other_mask": tmp_path / "small_mask.png"}
+    (tmp_path / "small_mask.png").write_bytes(png_bytes(np.zeros((40, 40), np.uint8)))
+    result = run(*[a.format(**values) for a in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

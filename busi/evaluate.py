@@ -1,0 +1,285 @@
+"""Evaluation with the uncertainty that a test set of about a hundred scans carries.
+
+``report`` turns true labels and class probabilities into the study's classification table
+plus what a clinician needs to judge it: 95 % intervals (Wilson for proportions, bootstrap for
+F1 and AUC), one-vs-rest ROC and PR curves, malignant sensitivity/specificity at a chosen
+threshold and calibration. Bootstrap resamples whole near-duplicate groups when the groups are
+known, because copies of one lesion are not independent evidence.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from busi.data import CLASSES, index_dataset
+from busi.errors import BusiError, ParameterError
+from busi.imageio import write_atomic
+from busi.metrics import MALIGNANT, confusion_matrix, wilson_interval
+from busi.predict import Classifier, load_classifier
+from busi.train import model_inputs
+
+SPLITS = ("test", "val", "train", "all")
+BOOTSTRAP_SAMPLES = 1000
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What gets evaluated: one row per scan."""
+
+    data_dir: Path
+    paths: list[str]  # relative to data_dir
+    labels: np.ndarray  # int (N,)
+    probabilities: np.ndarray  # float (N, C)
+    groups: np.ndarray  # near-duplicate group per scan
+    split: str
+
+
+def run_predictions(run: str | os.PathLike, split: str = "test") -> Predictions:
+    """The run's own predictions (best checkpoint) on one part of its split, or all of it."""
+    if split not in SPLITS:
+        raise ParameterError(f"split must be one of {', '.join(SPLITS)}, got '{split}'.")
+    run = Path(run)
+    for name in ("predictions.csv", "split.csv", "config.json"):
+        if not (run / name).is_file():
+            raise BusiError(f"Run folder '{run}' has no {name}: the run did not finish. Resume it, or choose another run.")
+    with open(run / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    with open(run / "split.csv", newline="") as file:
+        groups = {row["path"]: int(row["group"]) for row in csv.DictReader(file)}
+    chosen = [row for row in rows if split == "all" or row["split"] == split]
+    if not chosen:
+        raise BusiError(f"Run '{run}' has no scans in its {split} split.")
+    data_dir = Path(json.loads((run / "config.json").read_text())["data_dir"])
+    return Predictions(
+        data_dir,
+        [row["path"] for row in chosen],
+        np.array([CLASSES.index(row["label"]) for row in chosen]),
+        np.array([[float(row[f"p_{c}"]) for c in CLASSES] for row in chosen]),
+        np.array([groups[row["path"]] for row in chosen]),
+        split,
+    )
+
+
+def folder_predictions(classifier: Classifier, data_dir: str | os.PathLike, batch_size: int = 16) -> Predictions:
+    """Predictions of ``classifier`` on every scan of another dataset folder (split 'all')."""
+    index = index_dataset(data_dir)
+    if not index.records:
+        raise BusiError(f"No readable scans in '{data_dir}': nothing to evaluate.")
+    probabilities = classifier.probabilities(model_inputs(index, classifier.preprocess), batch_size)
+    return Predictions(index.root, [index.relative_path(r) for r in index.records],
+                       np.array([CLASSES.index(label) for label in index.labels]), probabilities, index.groups, "all")
+
+
+def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted class per row: the most probable one, or malignant whenever its probability
+    reaches ``threshold`` (a lower threshold trades specificity for sensitivity)."""
+    if threshold is None:
+        return probabilities.argmax(1)
+    if not 0 <= threshold <= 1:
+        raise ParameterError(f"threshold must be between 0 and 1, got {threshold}.")
+    others = probabilities.copy()
+    others[:, MALIGNANT] = -1
+    return np.where(probabilities[:, MALIGNANT] >= threshold, MALIGNANT, others.argmax(1))
+
+
+def operating_point(labels: np.ndarray, probabilities: np.ndarray, threshold: float | None = None) -> dict:
+    """Confusion matrix and malignant sensitivity/specificity with Wilson intervals: cheap
+    enough for a live threshold slider."""
+    predicted = decide(probabilities, threshold)
+    positive, flagged = labels == MALIGNANT, predicted == MALIGNANT
+    true_positives, true_negatives = int((positive & flagged).sum()), int((~positive & ~flagged).sum())
+    return {
+        "threshold": threshold,
+        "confusion_matrix": confusion_matrix(labels, predicted).tolist(),
+        "sensitivity": true_positives / positive.sum() if positive.any() else math.nan,
+        "sensitivity_ci": wilson_interval(true_positives, int(positive.sum())),
+        "specificity": true_negatives / (~positive).sum() if (~positive).any() else math.nan,
+        "specificity_ci": wilson_interval(true_negatives, int((~positive).sum())),
+    }
+
+
+def _f1_scores(matrix: np.ndarray) -> np.ndarray:
+    true_positive = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(0), matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(predicted + actual > 0, 2 * true_positive / (predicted + actual), 0.0)
+
+
+def _bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
+    """Row numbers of each resample, drawing whole groups with replacement."""
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    return [np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))]) for _ in range(samples)]
+
+
+def _percentile_interval(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _one_vs_rest(labels: np.ndarray, scores: np.ndarray, metric) -> float:
+    positive = labels.astype(bool)
+    return float(metric(positive, scores)) if 0 < positive.sum() < len(positive) else math.nan
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error of the top-class confidence, with its reliability bins."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        count = int(inside.sum())
+        mean_confidence = float(confidence[inside].mean()) if count else math.nan
+        accuracy = float(correct[inside].mean()) if count else math.nan
+        if count:
+            ece += count / len(labels) * abs(accuracy - mean_confidence)
+        table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
+                      "confidence": mean_confidence, "accuracy": accuracy})
+    return {"ece": ece, "bins": table}
+
+
+def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | None = None,
+           groups: np.ndarray | None = None, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """The full evaluation as plain JSON-ready values (see the module docstring)."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=float)
+    if len(labels) == 0 or probabilities.shape != (len(labels), len(CLASSES)):
+        raise ParameterError(f"Expected probabilities of shape ({len(labels)}, {len(CLASSES)}) for {len(labels)} labels, "
+                             f"got {probabilities.shape}.")
+    predicted = decide(probabilities, threshold)
+    matrix = confusion_matrix(labels, predicted)
+    support, predicted_counts, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
+    f1 = _f1_scores(matrix)
+    resamples = _bootstrap_rows(np.arange(len(labels)) if groups is None else np.asarray(groups), samples, seed)
+    boot_f1 = np.array([_f1_scores(confusion_matrix(labels[rows], predicted[rows])) for rows in resamples])
+    boot_macro = [float(row[support > 0].mean()) for row in boot_f1]
+
+    per_class, roc, pr = {}, {}, {}
+    for c, name in enumerate(CLASSES):
+        precision = hits[c] / predicted_counts[c] if predicted_counts[c] else 0.0
+        recall = hits[c] / support[c] if support[c] else math.nan
+        per_class[name] = {
+            "precision": float(precision), "precision_ci": wilson_interval(int(hits[c]), int(predicted_counts[c])),
+            "recall": float(recall), "recall_ci": wilson_interval(int(hits[c]), int(support[c])),
+            "f1": float(f1[c]), "f1_ci": _percentile_interval(boot_f1[:, c].tolist()), "support": int(support[c]),
+        }
+        is_class, scores = (labels == c).astype(int), probabilities[:, c]
+        if 0 < is_class.sum() < len(is_class):
+            fpr, tpr, _ = roc_curve(is_class, scores)
+            curve_precision, curve_recall, _ = precision_recall_curve(is_class, scores)
+        else:  # one class only: the curves do not exist
+            fpr = tpr = curve_precision = curve_recall = np.array([])
+        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": _one_vs_rest(is_class, scores, roc_auc_score),
+                     "auc_ci": _percentile_interval([_one_vs_rest(is_class[r], scores[r], roc_auc_score) for r in resamples])}
+        pr[name] = {"precision": curve_precision.tolist(), "recall": curve_recall.tolist(),
+                    "average_precision": _one_vs_rest(is_class, scores, average_precision_score),
+                    "average_precision_ci": _percentile_interval(
+                        [_one_vs_rest(is_class[r], scores[r], average_precision_score) for r in resamples])}
+
+    present = support > 0
+    weights = support / support.sum()
+    rows = [per_class[name] for name in CLASSES]
+    return {
+        "n": int(len(labels)),
+        "classes": list(CLASSES),
+        "per_class": per_class,
+        "accuracy": float(hits.sum() / len(labels)),
+        "accuracy_ci": wilson_interval(int(hits.sum()), len(labels)),
+        "macro_avg": {"precision": float(np.mean([r["precision"] for r, p in zip(rows, present) if p])),
+                      "recall": float(np.mean([r["recall"] for r, p in zip(rows, present) if p])),
+                      "f1": float(f1[present].mean()), "f1_ci": _percentile_interval(boot_macro)},
+        "weighted_avg": {"precision": float(sum(w * r["precision"] for w, r in zip(weights, rows))),
+                         "recall": float(sum(w * (r["recall"] if p else 0) for w, r, p in zip(weights, rows, present))),
+                         "f1": float((weights * f1).sum())},
+        "malignant": operating_point(labels, probabilities, threshold),
+        "roc": roc,
+        "pr": pr,
+        "calibration": calibration(labels, probabilities),
+        "bootstrap": {"samples": samples, "unit": "scan" if groups is None else "near-duplicate group", "seed": seed},
+    }
+
+
+def _json_ready(value):
+    """NaN is not JSON: undefined values become null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def report_json(result: dict) -> str:
+    return json.dumps(_json_ready(result), indent=2)
+
+
+def write_report_json(path: str | os.PathLike, result: dict) -> None:
+    write_atomic(path, report_json(result))
+
+
+def _interval(pair: tuple[float, float]) -> str:
+    low, high = pair
+    return "      n/a    " if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+
+
+def format_report(result: dict) -> str:
+    """The study's table with 95 % intervals, then the malignant operating point and AUCs."""
+    lines = [f"{'':12}{'precision':>10} {'95% CI':>13} {'recall':>8} {'95% CI':>13} {'f1':>6} {'95% CI':>13} {'support':>8}"]
+    for name, row in result["per_class"].items():
+        lines.append(f"{name:12}{row['precision']:10.2f} {_interval(row['precision_ci'])} {row['recall']:8.2f} "
+                     f"{_interval(row['recall_ci'])} {row['f1']:6.2f} {_interval(row['f1_ci'])} {row['support']:8d}")
+    macro, weighted = result["macro_avg"], result["weighted_avg"]
+    lines += [
+        "",
+        f"{'accuracy':12}{'':47}{result['accuracy']:6.2f} {_interval(result['accuracy_ci'])} {result['n']:8d}",
+        f"{'macro avg':12}{macro['precision']:10.2f} {'':13} {macro['recall']:8.2f} {'':13} {macro['f1']:6.2f} "
+        f"{_interval(macro['f1_ci'])} {result['n']:8d}",
+        f"{'weighted avg':12}{weighted['precision']:10.2f} {'':13} {weighted['recall']:8.2f} {'':13} {weighted['f1']:6.2f} "
+        f"{'':13} {result['n']:8d}",
+        "",
+        "confusion matrix (rows: true, columns: predicted " + " / ".join(result["classes"]) + ")",
+    ]
+    for name, counts in zip(result["classes"], result["malignant"]["confusion_matrix"]):
+        lines.append(f"  {name:10}" + "".join(f"{count:6d}" for count in counts))
+    point = result["malignant"]
+    rule = "most probable class" if point["threshold"] is None else f"p(malignant) >= {point['threshold']:.2f}"
+    lines += [
+        "",
+        f"malignant ({rule}): sensitivity {point['sensitivity']:.2f} {_interval(point['sensitivity_ci'])}, "
+        f"specificity {point['specificity']:.2f} {_interval(point['specificity_ci'])}",
+        "one-vs-rest AUC: " + ", ".join(f"{name} {curve['auc']:.2f} {_interval(curve['auc_ci'])}"
+                                        for name, curve in result["roc"].items()),
+        f"expected calibration error: {result['calibration']['ece']:.3f}",
+        f"intervals: Wilson for proportions, bootstrap ({result['bootstrap']['samples']} resamples by "
+        f"{result['bootstrap']['unit']}) for F1 and AUC",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_run(run: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, split: str = "test",
+                 threshold: float | None = None, samples: int = BOOTSTRAP_SAMPLES) -> tuple[Predictions, dict]:
+    """Predictions and report for a run on its own split, or on every scan of ``data_dir``."""
+    if data_dir is not None:
+        if split != "all":
+            raise ParameterError("Another data folder has no split of this run: use --split all with --data.")
+        predictions = folder_predictions(load_classifier(run), data_dir)
+    else:
+        predictions = run_predictions(run, split)
+    return predictions, report(predictions.labels, predictions.probabilities, threshold=threshold,
+                               groups=predictions.groups, samples=samples)
