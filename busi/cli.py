@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import signal
 import sys
 from collections import Counter
@@ -10,16 +12,32 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from busi import synth
-from busi.config import config_to_dict
-from busi.preprocess import PreprocessConfig
+from busi.config import config_from_dict, config_to_dict
 from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.errors import BusiError
-from busi.evaluate import BOOTSTRAP_SAMPLES, SPLITS, evaluate_run, format_report, write_report_json
+from busi.evaluate import (
+    BOOTSTRAP_SAMPLES,
+    SPLITS,
+    evaluate_run,
+    format_report,
+    write_report_json,
+)
 from busi.explain import energy_inside, heatmap_overlay
 from busi.imageio import encode_png, read_mask, write_atomic
 from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
+from busi.preprocess import PreprocessConfig
+from busi.recipes import RECIPES, recipe
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
-from busi.train import STOP_FILE, BatchEnd, Done, EpochEnd, Failed, Stopped, TrainConfig, train
+from busi.train import (
+    STOP_FILE,
+    BatchEnd,
+    Done,
+    EpochEnd,
+    Failed,
+    Stopped,
+    TrainConfig,
+    train,
+)
 
 
 def _print_summary(index: DatasetIndex) -> None:
@@ -104,10 +122,26 @@ def _render_event(event) -> None:
         print(f"\nstopped in epoch {event.epoch} ({event.reason}); resume with --resume")
 
 
+def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, PreprocessConfig]:
+    """The recipe (or a saved config.json), then any flags given on top of it."""
+    if args.config:
+        try:
+            saved = json.loads(Path(args.config).read_text())
+            config = config_from_dict(TrainConfig, saved["train"])
+            preprocess = config_from_dict(PreprocessConfig, saved["preprocess"])
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise BusiError(f"'{args.config}' is not a busi config file (a run's config.json): {error}.") from error
+    else:
+        config, preprocess = recipe(args.recipe)
+    overrides = {name: getattr(args, name) for name in config_to_dict(config) if getattr(args, name, None) is not None}
+    config = dataclasses.replace(config, **overrides)
+    if args.image_size:
+        preprocess = dataclasses.replace(preprocess, size=args.image_size)
+    return config, preprocess
+
+
 def _train(args: argparse.Namespace) -> int:
-    defaults = config_to_dict(TrainConfig())
-    config = TrainConfig(**{name: getattr(args, name) for name in defaults if getattr(args, name, None) is not None})
-    preprocess = PreprocessConfig(size=args.image_size) if args.image_size else PreprocessConfig()
+    config, preprocess = _train_configs(args)
 
     def request_stop(signum, frame) -> None:  # the engine stops at the next batch, checkpointed
         Path(args.out, STOP_FILE).touch()
@@ -210,14 +244,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--data", required=True, help="dataset folder")
     train_parser.add_argument("--out", required=True, help="run folder to create or resume")
     train_parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train_parser.add_argument("--recipe", choices=sorted(RECIPES), default="study",
+                              help="starting settings (default: the study's exact recipe); flags override them")
+    train_parser.add_argument("--config", help="start from a run's config.json (training and preprocessing) instead")
     train_parser.add_argument("--image-size", type=int, help="model input side in pixels (default 224)")
     for name, value in config_to_dict(TrainConfig()).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             train_parser.add_argument(flag, type=lambda text: text.lower() in ("1", "true", "yes"), dest=name,
-                                      help=f"true/false (default {value})")
+                                      help=f"true/false (study recipe: {value})")
         else:
-            train_parser.add_argument(flag, type=type(value), dest=name, help=f"default {value}")
+            train_parser.add_argument(flag, type=type(value), dest=name, help=f"study recipe: {value}")
     train_parser.set_defaults(run_command=_train)
 
     evaluate = commands.add_parser("evaluate", help="classification report with 95%% intervals, ROC/PR, calibration")

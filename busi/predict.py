@@ -22,7 +22,14 @@ import torch
 from busi.config import config_from_dict
 from busi.errors import BusiError, ImageError, ParameterError
 from busi.explain import GradCam
-from busi.imageio import Source, colour_fraction, read_image, require_scan_size, to_grey, write_atomic
+from busi.imageio import (
+    Source,
+    colour_fraction,
+    read_image,
+    require_scan_size,
+    to_grey,
+    write_atomic,
+)
 from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
 from busi.train import BEST_CHECKPOINT, CHECKPOINT, TrainConfig, load_checkpoint

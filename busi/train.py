@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from busi.config import config_from_dict, config_to_dict
 from busi.cache import cached_inputs
+from busi.config import config_from_dict, config_to_dict
 from busi.data import CLASSES, DatasetIndex, index_dataset, load_scan
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic

@@ -8,7 +8,14 @@ import torch
 
 from busi.errors import BusiError, ImageError, ParameterError
 from busi.imageio import read_scan
-from busi.predict import Classifier, image_files, load_classifier, predict, predict_files, rows_to_csv
+from busi.predict import (
+    Classifier,
+    image_files,
+    load_classifier,
+    predict,
+    predict_files,
+    rows_to_csv,
+)
 from busi.train import load_checkpoint
 from tests.conftest import png_bytes
 

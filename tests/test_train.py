@@ -5,9 +5,12 @@ import pytest
 import torch
 
 from busi.config import config_from_dict
+from busi.data import index_dataset
 from busi.errors import BusiError
+from busi.imageio import read_scan
 from busi.model import build_model, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig
+from busi.split import group_kfold, read_manifest
 from busi.train import (
     BatchEnd,
     Done,
@@ -19,9 +22,6 @@ from busi.train import (
     read_events,
     train,
 )
-from busi.data import index_dataset
-from busi.imageio import read_scan
-from busi.split import group_kfold, read_manifest
 
 TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", seed=1)
 SMALL = PreprocessConfig(size=32)

@@ -1,0 +1,22 @@
+"""Named training recipes: a training config and the preprocessing it was chosen with."""
+
+from __future__ import annotations
+
+from busi.errors import ParameterError
+from busi.preprocess import PreprocessConfig
+from busi.train import TrainConfig
+
+RECIPES: dict[str, tuple[TrainConfig, PreprocessConfig]] = {
+    # The study exactly: ResNet-50, SGD 0.001 momentum 0.9, StepLR 5 x0.1, 10 epochs, batch 8, 224 px.
+    "study": (TrainConfig(), PreprocessConfig()),
+    # A model to click through the app with, trained on the demo phantoms in well under 2 minutes
+    # on one CPU core. Not for real scans.
+    "quick": (TrainConfig(arch="resnet18", epochs=4, batch_size=16, lr=0.003, optimizer="adamw", schedule="cosine",
+                          weight_decay=0.01), PreprocessConfig(size=64)),
+}
+
+
+def recipe(name: str) -> tuple[TrainConfig, PreprocessConfig]:
+    if name not in RECIPES:
+        raise ParameterError(f"recipe must be one of {', '.join(RECIPES)}, got '{name}'.")
+    return RECIPES[name]
