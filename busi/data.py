@@ -16,6 +16,7 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,30 @@ class DatasetIndex:
 
     def relative_path(self, record: ScanRecord) -> str:
         return record.path.relative_to(self.root).as_posix()
+
+    def record(self, relative_path: str) -> ScanRecord:
+        for record in self.records:
+            if self.relative_path(record) == relative_path:
+                return record
+        raise DatasetError(f"'{relative_path}' is not in the dataset at '{self.root}' (moved or renamed?).")
+
+    def group_members(self, record: ScanRecord) -> list[ScanRecord]:
+        """The scan's near-duplicate group, the scan itself included."""
+        return [other for other in self.records if other.group == record.group]
+
+    def select(self, *, classes: Iterable[str] | None = None, flags: Iterable[str] | None = None,
+               shared_groups_only: bool = False, group: int | None = None) -> list[int]:
+        """Positions of the records that match every filter given; ``flags`` match if any is present."""
+        classes = set(classes) if classes is not None else None
+        flags = set(flags or ())
+        sizes = Counter(record.group for record in self.records)
+        return [
+            position for position, record in enumerate(self.records)
+            if (classes is None or record.label in classes)
+            and (not flags or flags & set(record.flags))
+            and (not shared_groups_only or sizes[record.group] > 1)
+            and (group is None or record.group == group)
+        ]
 
     def to_csv(self) -> str:
         buffer = io.StringIO()

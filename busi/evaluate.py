@@ -17,12 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from busi.data import CLASSES, index_dataset
 from busi.errors import BusiError, ParameterError
@@ -96,6 +91,22 @@ def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndar
     return np.where(probabilities[:, MALIGNANT] >= threshold, MALIGNANT, others.argmax(1))
 
 
+def cell_rows(labels: np.ndarray, predicted: np.ndarray, true_class: int, predicted_class: int) -> np.ndarray:
+    """Row numbers of the scans in one confusion-matrix cell."""
+    return np.flatnonzero((labels == true_class) & (predicted == predicted_class))
+
+
+def misclassified_malignant(labels: np.ndarray, probabilities: np.ndarray, threshold: float | None = None) -> list[tuple[int, str]]:
+    """(row, kind) of the malignant errors: missed cancers ('false negative') first, the most
+    confidently wrong on top, then benign/normal scans called malignant ('false positive')."""
+    predicted = decide(probabilities, threshold)
+    missed = np.flatnonzero((labels == MALIGNANT) & (predicted != MALIGNANT))
+    missed = missed[np.argsort(probabilities[missed, MALIGNANT], kind="stable")]
+    alarms = np.flatnonzero((labels != MALIGNANT) & (predicted == MALIGNANT))
+    alarms = alarms[np.argsort(-probabilities[alarms, MALIGNANT], kind="stable")]
+    return [(int(r), "false negative") for r in missed] + [(int(r), "false positive") for r in alarms]
+
+
 def operating_point(labels: np.ndarray, probabilities: np.ndarray, threshold: float | None = None) -> dict:
     """Confusion matrix and malignant sensitivity/specificity with Wilson intervals: cheap
     enough for a live threshold slider."""
@@ -135,9 +146,33 @@ def _percentile_interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _one_vs_rest(labels: np.ndarray, scores: np.ndarray, metric) -> float:
-    positive = labels.astype(bool)
-    return float(metric(positive, scores)) if 0 < positive.sum() < len(positive) else math.nan
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum statistic (ties count half); nan unless both
+    classes are present. Equals sklearn's roc_auc_score at a fraction of its cost, which
+    matters inside a thousand bootstrap resamples."""
+    positive = positive.astype(bool)
+    n_positive = int(positive.sum())
+    n_negative = len(positive) - n_positive
+    if not n_positive or not n_negative:
+        return math.nan
+    _, which, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[which]  # 1-based, ties share their mean rank
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
+
+
+def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision as sklearn defines it (precision at each distinct threshold, weighted
+    by the recall gained there); nan unless both classes are present."""
+    positive = positive.astype(bool)
+    if not 0 < positive.sum() < len(positive):
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], positive[order]
+    last_of_each_threshold = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_positives = np.cumsum(hits)[last_of_each_threshold]
+    precision = true_positives / (last_of_each_threshold + 1)
+    recall_gain = np.diff(np.r_[0, true_positives]) / hits.sum()
+    return float((precision * recall_gain).sum())
 
 
 def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
@@ -189,12 +224,11 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
             curve_precision, curve_recall, _ = precision_recall_curve(is_class, scores)
         else:  # one class only: the curves do not exist
             fpr = tpr = curve_precision = curve_recall = np.array([])
-        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": _one_vs_rest(is_class, scores, roc_auc_score),
-                     "auc_ci": _percentile_interval([_one_vs_rest(is_class[r], scores[r], roc_auc_score) for r in resamples])}
+        roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": roc_auc(is_class, scores),
+                     "auc_ci": _percentile_interval([roc_auc(is_class[r], scores[r]) for r in resamples])}
         pr[name] = {"precision": curve_precision.tolist(), "recall": curve_recall.tolist(),
-                    "average_precision": _one_vs_rest(is_class, scores, average_precision_score),
-                    "average_precision_ci": _percentile_interval(
-                        [_one_vs_rest(is_class[r], scores[r], average_precision_score) for r in resamples])}
+                    "average_precision": average_precision(is_class, scores),
+                    "average_precision_ci": _percentile_interval([average_precision(is_class[r], scores[r]) for r in resamples])}
 
     present = support > 0
     weights = support / support.sum()

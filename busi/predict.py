@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from busi.config import config_from_dict
+from busi.data import IMAGE_SUFFIXES
 from busi.errors import BusiError, ImageError, ParameterError
 from busi.explain import GradCam
 from busi.imageio import (
@@ -34,7 +35,6 @@ from busi.model import batched_logits, build_model, last_conv_stage, to_model_te
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
 from busi.train import BEST_CHECKPOINT, CHECKPOINT, TrainConfig, load_checkpoint
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Grey scans with a few coloured calipers stay far below this; photographs and Doppler do not.
 COLOUR_WARNING_FRACTION = 0.05
 # Brightness or contrast this many standard deviations from the training inputs is unusual.

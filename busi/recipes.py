@@ -11,7 +11,7 @@ RECIPES: dict[str, tuple[TrainConfig, PreprocessConfig]] = {
     "study": (TrainConfig(), PreprocessConfig()),
     # A model to click through the app with, trained on the demo phantoms in well under 2 minutes
     # on one CPU core. Not for real scans.
-    "quick": (TrainConfig(arch="resnet18", epochs=4, batch_size=16, lr=0.003, optimizer="adamw", schedule="cosine",
+    "quick": (TrainConfig(arch="resnet18", epochs=12, batch_size=16, lr=0.003, optimizer="adamw", schedule="cosine",
                           weight_decay=0.01), PreprocessConfig(size=64)),
 }
 

@@ -167,6 +167,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(name: str = "auto") -> str:
+    """Human-readable name of the device ``name`` resolves to on this machine."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
 def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, config: TrainConfig) -> tuple[_Data, DatasetIndex]:
     index = index_dataset(data_dir)
     if not index.records:

@@ -3,16 +3,21 @@ import shutil
 
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
+    average_precision,
     calibration,
+    cell_rows,
     decide,
     evaluate_run,
     format_report,
+    misclassified_malignant,
     operating_point,
     report,
     report_json,
+    roc_auc,
     run_predictions,
 )
 
@@ -53,6 +58,27 @@ def test_a_malignant_threshold_trades_specificity_for_sensitivity():
     assert lenient["specificity"] == pytest.approx(0.5)
     with pytest.raises(ParameterError, match="threshold"):
         decide(PROBABILITIES, 1.5)
+
+
+def test_cells_and_malignant_errors_list_exactly_those_scans():
+    predicted = decide(PROBABILITIES)
+    assert cell_rows(LABELS, predicted, 0, 1).tolist() == [1]
+    assert cell_rows(LABELS, predicted, 2, 0).tolist() == [5]
+    assert cell_rows(LABELS, predicted, 1, 2).tolist() == []
+    assert misclassified_malignant(LABELS, PROBABILITIES) == [(1, "false positive")]
+    # At 0.7 both malignant scans below it are missed: the less malignant-looking one first.
+    assert misclassified_malignant(LABELS, PROBABILITIES, 0.7) == [(3, "false negative")]
+    assert misclassified_malignant(LABELS, PROBABILITIES, 0.9) == [(3, "false negative"), (2, "false negative")]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_auc_and_average_precision_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    positive = rng.random(60) < 0.3
+    scores = np.round(rng.random(60) + positive * 0.4, 1)  # rounding makes ties
+    assert roc_auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
+    assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
+    assert np.isnan(roc_auc(np.zeros(5, bool), scores[:5])) and np.isnan(average_precision(np.ones(5, bool), scores[:5]))
 
 
 def test_calibration_error_by_hand():
