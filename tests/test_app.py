@@ -1,31 +1,236 @@
+"""Every page through Streamlit's AppTest on the demo or synthetic data."""
+
+import json
+import shutil
+import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from busi import synth
+from busi.data import CLASSES
+from busi.figures import cell_from_selection, confusion_matrix
+from busi.jobs import active_run
+from busi.train import read_events
+from tests.conftest import png_bytes
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120
 
 
-def test_overview_uses_demo_data_when_nothing_is_configured(monkeypatch):
+def open_page(page: str, **state) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    if page != "overview":
+        app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """An empty runs folder for the app."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    monkeypatch.setenv("BUSI_RUNS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def runs_with_model(runs, tiny_run):
+    shutil.copytree(tiny_run, runs / "20260101-000000-resnet18")
+    return runs
+
+
+def widget(app: AppTest, key: str):
+    return next(w for kind in ("selectbox", "multiselect", "slider", "select_slider", "toggle", "button", "radio",
+                               "text_input", "number_input", "color_picker", "file_uploader")
+                for w in getattr(app, kind) if w.key == key)
+
+
+# -- overview --------------------------------------------------------------------------------
+
+def test_overview_uses_demo_data_when_nothing_is_configured(monkeypatch, runs):
     monkeypatch.delenv("BUSI_DATA", raising=False)
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    assert not app.exception
-    assert "synthetic demo data" in app.markdown[0].value
-    assert [m.value for m in app.metric] == [str(3 * synth.DEMO_PER_CLASS)] + [str(synth.DEMO_PER_CLASS)] * 3
+    app = open_page("overview")
+    assert "Synthetic demo phantoms" in app.markdown[1].value
+    per_class = str(synth.DEMO_PER_CLASS)
+    assert [m.value for m in app.metric][:4] == [str(3 * synth.DEMO_PER_CLASS), per_class, per_class, per_class]
     assert "not a medical device" in app.warning[0].value
+    assert any("CPU" in m.value or "GPU" in m.value for m in app.markdown)
 
 
-def test_overview_reports_a_wrong_folder_and_keeps_running(monkeypatch, tmp_path):
-    monkeypatch.setenv("BUSI_DATA", str(tmp_path))
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    assert not app.exception
-    assert "not a BUSI dataset" in app.error[0].value
+def test_overview_reports_a_wrong_folder_and_keeps_running(monkeypatch, tmp_path, runs):
+    monkeypatch.setenv("BUSI_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    app = open_page("overview")
+    assert "not a BUSI dataset" in app.error[0].value and "sidebar" in app.error[0].value
 
 
-def test_overview_of_a_configured_folder_cites_the_dataset(monkeypatch, synthetic_dataset):
+def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkeypatch, synthetic_dataset, runs_with_model):
     monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
-    app = AppTest.from_file(APP, default_timeout=60).run()
-    assert not app.exception
-    assert [m.value for m in app.metric] == ["18", "6", "6", "6"]
+    app = open_page("overview")
+    assert [m.value for m in app.metric][:4] == ["18", "6", "6", "6"]
     assert "Data in Brief" in app.caption[0].value
+    assert app.dataframe[0].value["run"].tolist() == ["20260101-000000-resnet18"]
+
+
+def test_a_folder_outside_the_allowed_roots_is_refused(monkeypatch, tmp_path, runs):
+    monkeypatch.delenv("BUSI_DATA", raising=False)
+    monkeypatch.delenv("BUSI_ROOTS", raising=False)
+    app = open_page("overview")
+    widget(app, "data_source").select("Another folder…").run()
+    widget(app, "data_folder_text").input("/etc").run()
+    assert not app.exception
+    assert any("outside the folders this app may read" in e.value for e in app.sidebar.error)
+    assert "Synthetic demo phantoms" in app.markdown[1].value  # still serving the demo data
+
+
+# -- dataset ---------------------------------------------------------------------------------
+
+def test_dataset_filters_and_details(monkeypatch, synthetic_dataset, runs):
+    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    app = open_page("dataset")
+    assert "18 of 18 scans match" in app.caption[0].value
+    widget(app, "dataset_classes").set_value(["malignant"]).run()
+    assert "6 of 18 scans match" in app.caption[0].value
+    assert all(name.startswith("malignant/") for name in widget(app, "dataset_detail_scan").options)
+    widget(app, "dataset_detail_scan").select("malignant/malignant (2).png").run()
+    table = app.dataframe[0].value
+    assert table["value"].tolist()[0] == "malignant"
+    widget(app, "dataset_overlay_opacity").set_value(0.8).run()
+    widget(app, "dataset_shared_only").set_value(True).run()  # phantoms are all distinct
+    assert "0 of 18 scans match" in app.caption[0].value and "No scan matches" in app.info[-1].value
+    assert not app.exception
+
+
+# -- playground ------------------------------------------------------------------------------
+
+def test_playground_updates_resets_and_hands_settings_to_training(runs):
+    app = open_page("playground")
+    assert app.session_state["playground_config"].size == 224
+    widget(app, "pg_size").set_value(128).run()
+    widget(app, "pg_clahe").set_value(False).run()
+    config = app.session_state["playground_config"]
+    assert config.size == 128 and not config.clahe
+    widget(app, "pg_canny_low").set_value(300).run()
+    widget(app, "pg_canny_high").set_value(100).run()
+    assert "canny_high" in app.error[0].value  # bad combination explained, page still up
+    widget(app, "pg_reset").click().run()
+    assert app.session_state["playground_config"].size == 224 and app.session_state["playground_config"].clahe
+    widget(app, "pg_size").set_value(96).run()
+    widget(app, "pg_use_for_training").click().run()
+    assert app.session_state["training_preprocess"].size == 96
+    app.switch_page("pages/training.py").run()
+    assert widget(app, "tr_image_size").value == 96
+
+
+def test_playground_takes_an_upload_and_refuses_a_broken_one(runs):
+    app = open_page("playground")
+    widget(app, "pg_source").set_value("Upload a scan").run()
+    uploader = widget(app, "pg_upload")
+    uploader.set_value(("scan.png", png_bytes(synth.make_phantom("benign", 1)[0]), "image/png")).run()
+    assert not app.error and not app.exception
+    widget(app, "pg_upload").set_value(("broken.png", b"\x89PNG not really", "image/png")).run()
+    assert app.error and not app.exception
+
+
+# -- training --------------------------------------------------------------------------------
+
+def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
+    app = open_page("training")
+    assert "No runs yet" in app.info[-1].value
+    widget(app, "tr_arch").select("resnet18")
+    widget(app, "tr_epochs").set_value(1)
+    widget(app, "tr_batch_size").set_value(16)
+    widget(app, "tr_image_size").set_value(32)
+    widget(app, "tr_device").select("cpu")
+    widget(app, "tr_start").click().run()
+    assert not app.exception and not app.error
+    run = active_run(runs)
+    assert run is not None and "is running" in app.info[0].value
+    assert json.loads((run / "request.json").read_text())["preprocess"]["size"] == 32
+    deadline = time.monotonic() + 120
+    while active_run(runs) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    app = open_page("training")
+    status = {m.label: m.value for m in app.metric}
+    assert status["Status"] == "done" and status["Epoch"] == "1/1"
+    assert any(e.kind == "done" for e in read_events(run))
+    assert "Finished" in app.success[0].value
+
+
+def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monkeypatch):
+    from busi.jobs import start_training
+    from busi.preprocess import PreprocessConfig
+    from busi.train import TrainConfig
+
+    run = start_training(synthetic_dataset, TrainConfig(arch="resnet18", epochs=30, batch_size=2, device="cpu"),
+                         PreprocessConfig(size=32), runs, threads=1)
+    try:
+        app = open_page("training")
+        assert widget(app, "tr_start").disabled
+        assert f"Training **{run.name}** is running" in app.info[0].value
+    finally:
+        (run / "STOP").touch()
+        deadline = time.monotonic() + 60
+        while active_run(runs) and time.monotonic() < deadline:
+            time.sleep(0.3)
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model):
+    app = open_page("evaluation")
+    labels = [m.label for m in app.metric]
+    assert labels[:3] == ["Accuracy", "Macro-F1", "Malignant recall"]
+    assert app.dataframe[0].value["class"].tolist() == list(CLASSES)
+    assert "Click a square" in app.info[0].value
+    widget(app, "ev_use_threshold").set_value(True).run()
+    widget(app, "ev_threshold").set_value(0.0).run()
+    assert next(m.value for m in app.metric if m.label.startswith("Sensitivity")) == "1.00"
+    assert next(m.value for m in app.metric if m.label.startswith("Specificity")) == "0.00"
+    app.session_state["ev_cell"] = (1, 1)  # what a click on the malignant/malignant square stores
+    app.run()
+    assert not app.exception
+    assert any("true malignant, predicted malignant" in m.value for m in app.markdown)
+    widget(app, "ev_threshold").set_value(1.0).run()  # nothing reaches 1.0: every malignant scan is missed
+    widget(app, "ev_show_errors").set_value(True).run()
+    assert not app.exception
+    assert any("false negative" in m.value for m in app.markdown)
+
+
+def test_confusion_matrix_clicks_map_back_to_cells():
+    figure = confusion_matrix([[5, 1, 0], [2, 7, 0], [0, 0, 3]], CLASSES)
+    points = [{"x": "benign", "y": "malignant", "customdata": list(row)} for row in figure.data[0].customdata]
+    assert cell_from_selection([points[3]]) == (1, 0)  # row 1 (malignant) predicted column 0 (benign)
+    assert [int(t) for t in figure.data[0].text] == [5, 1, 0, 2, 7, 0, 0, 0, 3]
+    assert cell_from_selection([]) is None and cell_from_selection([{"x": 1}]) is None
+
+
+# -- prediction ------------------------------------------------------------------------------
+
+def test_prediction_without_a_model_offers_a_quick_one(runs):
+    app = open_page("prediction")
+    assert "no trained model yet" in app.info[0].value
+    assert widget(app, "pr_quick_train").label == "Train a quick demo model"
+
+
+def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
+    app = open_page("prediction")
+    assert "not a medical device" in app.warning[0].value
+    scan = png_bytes(synth.make_phantom("malignant", 2, (96, 96))[0])
+    photo = png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8))
+    widget(app, "pr_uploads").set_value([("scan.png", scan, "image/png"), ("photo.png", photo, "image/png"),
+                                         ("empty.png", b"", "image/png")]).run()
+    assert not app.exception
+    predicted = [m for m in app.metric if m.label == "Predicted class"]
+    assert len(predicted) == 2 and all(m.value in CLASSES for m in predicted)
+    assert any("coloured" in w.value for w in app.warning)
+    assert any("empty.png" in e.value and "empty" in e.value for e in app.error)
+    widget(app, "pr_opacity").set_value(0.9).run()
+    assert not app.exception

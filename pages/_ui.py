@@ -1,0 +1,127 @@
+"""Streamlit glue shared by the pages: the data source, cached loaders and the notice.
+
+Everything that computes lives in ``busi``; this module only caches and renders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from busi.data import DatasetIndex, index_dataset
+from busi.errors import BusiError
+from busi.evaluate import evaluate_run
+from busi.imageio import read_scan
+from busi.jobs import default_runs_dir, list_runs
+from busi.predict import Classifier, load_classifier
+from busi.preprocess import resize
+from busi.sources import DEMO_SOURCE, data_sources, resolve_data_folder
+
+NOTICE = ("**Research demo, not a medical device.** Predictions and heatmaps must never be used "
+          "for diagnosis or to guide patient care.")
+CITATION = ("Dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound "
+            "images\", *Data in Brief* 28 (2020) 104863.")
+OTHER_FOLDER = "Another folder…"
+
+
+def notice() -> None:
+    st.warning(NOTICE, icon=":material/warning:")
+
+
+def sidebar() -> None:
+    """The sidebar every page shares: the data source."""
+    choose_data_source()
+
+
+def choose_data_source() -> None:
+    """Sidebar choice of the dataset; every page reads ``st.session_state['data_dir']``."""
+    sources = data_sources()
+    # Each page draws these widgets, and widget state does not survive a page switch: restore it.
+    for key in ("data_source", "data_folder_text"):
+        if key not in st.session_state and f"saved_{key}" in st.session_state:
+            st.session_state[key] = st.session_state[f"saved_{key}"]
+    choice = st.sidebar.selectbox("Data", [*sources, OTHER_FOLDER], key="data_source")
+    st.session_state["saved_data_source"] = choice
+    if choice == OTHER_FOLDER:
+        text = st.sidebar.text_input("Dataset folder", key="data_folder_text",
+                                     help="A folder holding Dataset_BUSI_with_GT, or the class folders themselves.")
+        st.session_state["saved_data_folder_text"] = text
+        try:
+            folder = resolve_data_folder(text)
+        except BusiError as error:
+            st.sidebar.error(str(error))
+            folder = sources[DEMO_SOURCE]
+            st.sidebar.caption("Showing the demo data meanwhile.")
+    else:
+        folder = sources[choice]
+    st.session_state["data_dir"] = str(folder)
+    st.session_state["data_is_demo"] = folder == sources[DEMO_SOURCE]
+
+
+@st.cache_resource(show_spinner="Indexing the dataset…", max_entries=4)
+def _index(folder: str, modified: float) -> DatasetIndex:
+    return index_dataset(folder)
+
+
+def index_of(folder: Path) -> DatasetIndex | None:
+    """A folder's index (cached), or None when it cannot be read."""
+    try:
+        return _index(str(folder), folder.stat().st_mtime)
+    except (BusiError, OSError):
+        return None
+
+
+def dataset() -> DatasetIndex:
+    """The current data folder's index (cached; re-read when the folder changes), or stop the page."""
+    folder = st.session_state.get("data_dir") or str(data_sources()[DEMO_SOURCE])
+    try:
+        return _index(folder, Path(folder).stat().st_mtime)
+    except (BusiError, OSError) as error:
+        st.error(f"Cannot read the data folder '{folder}': {error}. Choose another source in the sidebar.")
+        st.stop()
+
+
+@st.cache_data(max_entries=2000, show_spinner=False)
+def thumbnail(path: str, side: int = 160) -> np.ndarray:
+    return resize(read_scan(path), side, keep_aspect=True)
+
+
+def runs_dir() -> Path:
+    return default_runs_dir()
+
+
+def finished_runs():
+    return [run for run in list_runs(runs_dir()) if (run.path / "predictions.csv").is_file()]
+
+
+def usable_runs():
+    return [run for run in list_runs(runs_dir()) if run.status != "running"
+            and ((run.path / "best.pt").is_file() or (run.path / "checkpoint.pt").is_file())]
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _classifier(checkpoint: str, modified: float) -> Classifier:
+    return load_classifier(checkpoint)
+
+
+def classifier(run: Path) -> Classifier | None:
+    """The run's model, loaded once per checkpoint version and shared read-only by all sessions."""
+    try:
+        checkpoint = run / "best.pt" if (run / "best.pt").is_file() else run / "checkpoint.pt"
+        return _classifier(str(checkpoint), os.path.getmtime(checkpoint))
+    except (BusiError, OSError) as error:
+        st.error(f"Cannot load the model of {run.name}: {error}")
+        return None
+
+
+@st.cache_data(show_spinner="Evaluating…", max_entries=8)
+def evaluation(run: str, data_dir: str | None, modified: float):
+    return evaluate_run(run, data_dir=data_dir, split="all" if data_dir else "test")
+
+
+def reindex() -> None:
+    _index.clear()
+    thumbnail.clear()

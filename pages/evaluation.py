@@ -1,0 +1,138 @@
+"""Evaluation: the report with intervals, a clickable confusion matrix, a threshold slider,
+curves, calibration and the malignant cases the model got wrong."""
+
+import streamlit as st
+
+from busi import figures
+from busi.data import CLASSES, load_mask, load_scan
+from busi.errors import BusiError
+from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json
+from busi.explain import energy_inside, heatmap_overlay
+from busi.metrics import MALIGNANT
+from busi.predict import rows_to_csv
+from busi.preprocess import overlay
+from pages import _ui
+
+_ui.sidebar()
+GALLERY_SIZE = 12
+
+st.title("Evaluation")
+runs = _ui.finished_runs()
+if not runs:
+    st.info("No finished run yet. Train one on the Training page (or a quick demo model from the Prediction page).")
+    st.stop()
+run = runs[[r.name for r in runs].index(st.selectbox("Run", [r.name for r in runs], key="ev_run"))].path
+scope = st.radio("Evaluate on", ["the run's test split", "every scan of the current data folder"], horizontal=True, key="ev_scope")
+data_dir = st.session_state["data_dir"] if scope.startswith("every") else None
+try:
+    predictions, result = _ui.evaluation(str(run), data_dir, (run / "predictions.csv").stat().st_mtime)
+except BusiError as error:
+    st.error(str(error))
+    st.stop()
+if scope.startswith("every"):
+    st.caption("Scans the run trained on are included: this shows behaviour on that folder, not an unbiased accuracy.")
+
+
+def _ci(pair) -> str:
+    low, high = pair
+    return "n/a" if low is None or low != low else f"{low:.2f}–{high:.2f}"
+
+
+st.subheader(f"Classification report ({result['n']} scans, 95 % intervals)")
+metrics = st.columns(3)
+metrics[0].metric("Accuracy", f"{result['accuracy']:.2f}", help=f"95 % CI {_ci(result['accuracy_ci'])}")
+metrics[1].metric("Macro-F1", f"{result['macro_avg']['f1']:.2f}", help=f"95 % CI {_ci(result['macro_avg']['f1_ci'])}")
+metrics[2].metric("Malignant recall", f"{result['per_class']['malignant']['recall']:.2f}",
+                  help=f"95 % CI {_ci(result['per_class']['malignant']['recall_ci'])}")
+st.dataframe([{"class": name, "precision": row["precision"], "precision 95% CI": _ci(row["precision_ci"]),
+               "recall": row["recall"], "recall 95% CI": _ci(row["recall_ci"]), "F1": row["f1"],
+               "F1 95% CI": _ci(row["f1_ci"]), "support": row["support"]} for name, row in result["per_class"].items()],
+             key="ev_report_table", hide_index=True)
+st.caption(f"Intervals: Wilson for proportions; bootstrap ({result['bootstrap']['samples']} resamples by "
+           f"{result['bootstrap']['unit']}) for F1 and AUC. With about a hundred test scans, ±7 points is normal.")
+
+st.subheader("Decision threshold for malignant")
+use_threshold = st.toggle("Call a scan malignant when p(malignant) reaches a threshold", key="ev_use_threshold")
+threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ev_threshold", disabled=not use_threshold)
+threshold = threshold if use_threshold else None
+point = operating_point(predictions.labels, predictions.probabilities, threshold)
+predicted = decide(predictions.probabilities, threshold)
+columns = st.columns(2)
+columns[0].metric("Sensitivity (malignant)", f"{point['sensitivity']:.2f}", help=f"95 % CI {_ci(point['sensitivity_ci'])}")
+columns[1].metric("Specificity (malignant)", f"{point['specificity']:.2f}", help=f"95 % CI {_ci(point['specificity_ci'])}")
+
+left, right = st.columns([3, 4])
+selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",
+                              on_select="rerun", selection_mode="points")
+clicked = figures.cell_from_selection(selection.selection.points if selection else [])
+if clicked is not None:
+    st.session_state["ev_cell"] = clicked  # kept while the threshold or other widgets change
+cell = st.session_state.get("ev_cell")
+index = _ui.index_of(predictions.data_dir)
+if index is None:
+    right.warning(f"The scans are not readable at '{predictions.data_dir}' any more: the gallery cannot show them.")
+
+
+def show_scan(column, position: int, caption: str, with_cam: bool = True) -> None:
+    """One scan with its mask overlay and (optionally) Grad-CAM of the predicted class."""
+    record = index.record(predictions.paths[position])
+    scan = load_scan(record)
+    mask = load_mask(record) if record.mask_paths else None
+    column.image(overlay(scan, mask, style="contour") if mask is not None and mask.shape == scan.shape else scan,
+                 caption=caption, width="stretch")
+    model = _ui.classifier(run) if with_cam else None
+    if model is not None:
+        explanation = model.explain(scan, CLASSES[predicted[position]])
+        score = f", {energy_inside(explanation.heat, mask):.0%} of the heat inside the lesion" if mask is not None and mask.any() else ""
+        column.image(heatmap_overlay(scan, explanation.heat), caption=f"Grad-CAM ({explanation.class_name}){score}", width="stretch")
+
+
+with right:
+    if cell is None:
+        st.info("Click a square of the confusion matrix to see those scans.")
+    elif index is not None:
+        if st.button("Clear the selection", key="ev_clear_cell"):
+            del st.session_state["ev_cell"]
+            st.rerun()
+        rows = cell_rows(predictions.labels, predicted, *cell)
+        st.write(f"**{len(rows)} scans**: true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}"
+                 + (f" (showing {GALLERY_SIZE})" if len(rows) > GALLERY_SIZE else ""))
+        columns = st.columns(3)
+        for slot, position in enumerate(rows[:GALLERY_SIZE]):
+            probabilities = " · ".join(f"{c[0].upper()} {p:.2f}" for c, p in zip(CLASSES, predictions.probabilities[position]))
+            show_scan(columns[slot % 3], position, f"{predictions.paths[position]} · {probabilities}")
+
+st.subheader("Curves and calibration")
+curves = st.columns(3)
+curves[0].plotly_chart(figures.roc_curves(result["roc"]), key="ev_roc")
+curves[1].plotly_chart(figures.pr_curves(result["pr"]), key="ev_pr")
+curves[2].plotly_chart(figures.reliability(result["calibration"]), key="ev_reliability")
+
+st.subheader("Misclassified malignant cases")
+errors = misclassified_malignant(predictions.labels, predictions.probabilities, threshold)
+st.caption("Missed cancers (false negatives) first, the most confidently wrong on top; then scans wrongly called "
+           "malignant. Grad-CAM of the predicted class next to the true lesion outline.")
+if not errors:
+    st.success("No malignant errors at this threshold.")
+elif index is not None and st.toggle(f"Show the {len(errors)} cases", key="ev_show_errors"):
+    for position, kind in errors[:GALLERY_SIZE]:
+        columns = st.columns([1, 1, 1])
+        p_malignant = predictions.probabilities[position, MALIGNANT]
+        columns[2].markdown(f"**{kind}**  \n`{predictions.paths[position]}`  \ntrue {CLASSES[predictions.labels[position]]}, "
+                            f"predicted {CLASSES[predicted[position]]}  \np(malignant) = {p_malignant:.2f}")
+        show_scan(columns[0], position, "scan with the true lesion outline")
+
+st.subheader("Export")
+rows = [{"path": path, "label": CLASSES[label], "predicted": CLASSES[guess],
+         **{f"p_{c}": f"{p:.6f}" for c, p in zip(CLASSES, probs)}}
+        for path, label, guess, probs in zip(predictions.paths, predictions.labels, predicted, predictions.probabilities)]
+exports = st.columns(3)
+exports[0].download_button("Report (JSON)", report_json(result | {"operating_point": point}), f"{run.name}-report.json",
+                           "application/json", key="ev_export_json")
+exports[1].download_button("Predictions (CSV)", rows_to_csv(rows), f"{run.name}-predictions.csv", "text/csv",
+                           key="ev_export_csv")
+html = "".join(figure.to_html(full_html=False, include_plotlyjs=i == 0) for i, figure in enumerate([
+    figures.confusion_matrix(point["confusion_matrix"], CLASSES), figures.roc_curves(result["roc"]),
+    figures.pr_curves(result["pr"]), figures.reliability(result["calibration"])]))
+exports[2].download_button("Figures (HTML)", f"<html><body>{html}</body></html>", f"{run.name}-figures.html", "text/html",
+                           key="ev_export_figures")

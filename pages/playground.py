@@ -1,0 +1,114 @@
+"""Preprocessing playground: every step's setting, every stage side by side."""
+
+import dataclasses
+
+import streamlit as st
+
+from busi.config import config_to_dict
+from busi.data import load_mask, load_scan
+from busi.errors import BusiError
+from busi.imageio import read_scan
+from busi.preprocess import MORPHOLOGY_OPERATIONS, OVERLAY_STYLES, Pipeline, PreprocessConfig
+from pages import _ui
+
+_ui.sidebar()
+STUDY = PreprocessConfig()
+SAVED = "playground_config"  # survives page switches, unlike widget state
+CAPTIONS = {
+    "original": "original", "resized": "resized", "clahe": "CLAHE", "median": "median filter",
+    "gaussian": "Gaussian filter", "model_input": "model input", "edges": "Canny edges", "edge_overlay": "edge overlay",
+    "mask": "mask (resized)", "mask_morphology": "mask after morphology", "mask_overlay": "mask overlay",
+    "lesion_crop": "lesion crop", "flipped": "horizontal flip",
+}
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{c:02x}" for c in colour)
+
+
+def _rgb(text: str) -> tuple[int, int, int]:
+    return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _widget_values(config: PreprocessConfig) -> dict:
+    values = config_to_dict(config)
+    values["overlay_colour"] = _hex(config.overlay_colour)
+    return {f"pg_{name}": value for name, value in values.items()}
+
+
+def _reset() -> None:
+    st.session_state.update(_widget_values(STUDY))
+
+
+st.title("Preprocessing playground")
+st.caption("The model sees the 'model input' stage. Masks, edges, overlays and crops are for display; "
+           "a new scan has no mask.")
+for key, value in _widget_values(st.session_state.get(SAVED, STUDY)).items():
+    st.session_state.setdefault(key, value)
+
+index = _ui.dataset()
+source = st.radio("Scan", ["From the dataset", "Upload a scan"], horizontal=True, key="pg_source")
+scan = mask = None
+if source == "From the dataset":
+    names = [index.relative_path(r) for r in index.records]
+    if not names:
+        st.info("The data folder has no scans: upload one instead.")
+        st.stop()
+    record = index.record(st.selectbox("Scan", names, key="pg_scan"))
+    scan = load_scan(record)
+    mask = load_mask(record) if record.mask_paths else None
+    if mask is not None and mask.shape != scan.shape:
+        mask = None
+else:
+    upload = st.file_uploader("Scan (kept in memory only)", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], key="pg_upload")
+    if upload is None:
+        st.info("Choose a PNG, JPEG, BMP or TIFF scan.")
+        st.stop()
+    try:
+        scan = read_scan(upload.getvalue())
+    except BusiError as error:
+        st.error(str(error))
+        st.stop()
+
+with st.sidebar:
+    st.header("Preprocessing")
+    st.button("Reset to the study's settings", on_click=_reset, key="pg_reset")
+    st.slider("Size (px)", 32, 512, step=16, key="pg_size")
+    st.toggle("Keep aspect ratio (pad)", key="pg_keep_aspect")
+    st.toggle("CLAHE", key="pg_clahe")
+    st.slider("CLAHE clip limit", 0.5, 10.0, step=0.5, key="pg_clahe_clip_limit")
+    st.slider("CLAHE tiles", 1, 16, key="pg_clahe_tile_grid")
+    st.select_slider("Median kernel (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_median_ksize")
+    st.select_slider("Gaussian kernel (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_gaussian_ksize")
+    st.slider("Gaussian sigma (0 = from kernel)", 0.0, 5.0, step=0.1, key="pg_gaussian_sigma")
+    st.slider("Canny low", 0, 500, key="pg_canny_low")
+    st.slider("Canny high", 0, 500, key="pg_canny_high")
+    st.selectbox("Mask morphology", MORPHOLOGY_OPERATIONS, key="pg_mask_operation")
+    st.select_slider("Morphology kernel", [1, 3, 5, 7, 9, 11, 15], key="pg_mask_kernel")
+    st.slider("Morphology iterations", 1, 5, key="pg_mask_iterations")
+    st.color_picker("Overlay colour", key="pg_overlay_colour")
+    st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="pg_overlay_opacity")
+    st.radio("Overlay style", OVERLAY_STYLES, horizontal=True, key="pg_overlay_style")
+    st.slider("Lesion crop margin", 0.0, 1.0, step=0.05, key="pg_crop_margin")
+    st.toggle("Show horizontal flip (augmentation)", key="pg_flip")
+
+values = {name: st.session_state[f"pg_{name}"] for name in config_to_dict(STUDY)}
+values["overlay_colour"] = _rgb(values["overlay_colour"])
+try:
+    config = dataclasses.replace(STUDY, **values)
+except BusiError as error:
+    st.error(f"{error} Adjust the setting in the sidebar.")
+    st.stop()
+st.session_state[SAVED] = config
+
+stages = Pipeline(config).stages(scan, mask)
+items = list(stages.items())
+for start in range(0, len(items), 4):
+    for column, (name, image) in zip(st.columns(4), items[start : start + 4]):
+        column.image(image.astype("uint8") * 255 if image.dtype == bool else image, caption=CAPTIONS.get(name, name),
+                     width="stretch")
+
+if st.button("Use these settings for training", type="primary", key="pg_use_for_training"):
+    st.session_state["training_preprocess"] = config
+if "training_preprocess" in st.session_state:
+    st.success("The Training page will use these preprocessing settings (reset them there to go back to the study's).")

@@ -1,0 +1,63 @@
+"""Prediction: upload scans, see probabilities and where the model looked. Uploads stay in memory."""
+
+import streamlit as st
+
+from busi import figures
+from busi.errors import BusiError
+from busi.explain import heatmap_overlay
+from busi.jobs import active_run, start_training
+from busi.recipes import RECIPES
+from busi.sources import DEMO_SOURCE, data_sources
+from pages import _ui
+
+_ui.sidebar()
+st.title("Prediction")
+_ui.notice()
+runs = _ui.usable_runs()
+if not runs:
+    st.info("There is no trained model yet. Train one on the Training page, or train a quick demo model on the "
+            "synthetic data now (under two minutes on a CPU; it knows nothing about real scans).")
+    if st.button("Train a quick demo model", type="primary", key="pr_quick_train", disabled=active_run(_ui.runs_dir()) is not None):
+        config, preprocess = RECIPES["quick"]
+        try:
+            start_training(data_sources()[DEMO_SOURCE], config, preprocess, _ui.runs_dir(), name="quick-demo")
+        except BusiError as error:
+            st.error(str(error))
+        else:
+            st.success("Training started.")
+    if active_run(_ui.runs_dir()) is not None:
+        st.page_link("pages/training.py", label="Follow the training run", icon=":material/model_training:")
+    st.stop()
+
+names = [r.name for r in runs]
+run = runs[names.index(st.selectbox("Model (run)", names, key="pr_run"))]
+classifier = _ui.classifier(run.path)
+if classifier is None:
+    st.stop()
+st.caption(f"{classifier.train_config.arch}, {classifier.preprocess.size} px input, trained on "
+           + ("synthetic phantoms." if "quick" in run.name else "the run's data folder."))
+
+uploads = st.file_uploader("Scans (PNG, JPEG, BMP or TIFF; processed in memory, never stored)",
+                           type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], accept_multiple_files=True, key="pr_uploads")
+if not uploads:
+    st.info("Upload one or more breast ultrasound scans.")
+    st.stop()
+opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="pr_opacity")
+for number, upload in enumerate(uploads):
+    st.divider()
+    st.subheader(upload.name)
+    try:
+        data = upload.getvalue()
+        prediction = classifier.predict(data)
+        explanation = classifier.explain(data)
+    except BusiError as error:
+        st.error(f"{upload.name}: {error}")
+        continue
+    for warning in prediction.warnings:
+        st.warning(warning, icon=":material/report:")
+    columns = st.columns([1, 1, 1])
+    columns[0].image(prediction.model_input, caption="what the model sees (preprocessed)", width="stretch")
+    columns[1].image(heatmap_overlay(explanation.scan, explanation.heat, opacity),
+                     caption=f"Grad-CAM for '{explanation.class_name}'", width="stretch")
+    columns[2].metric("Predicted class", prediction.label, help="The most probable class. Research demo only.")
+    columns[2].plotly_chart(figures.probabilities(prediction.probabilities), key=f"pr_probabilities_{number}")

@@ -1,0 +1,117 @@
+"""Training: a form with the engine's options, a background job, live charts from its events."""
+
+import dataclasses
+import json
+import time
+
+import streamlit as st
+
+from busi import figures
+from busi.errors import BusiError
+from busi.jobs import active_run, list_runs, start_training, stop_training, summarise_run
+from busi.model import ARCHITECTURES
+from busi.recipes import RECIPES
+from busi.train import BatchEnd, EpochEnd, TrainConfig, describe_device, read_events
+from pages import _ui
+
+_ui.sidebar()
+STUDY, STUDY_PREPROCESS = RECIPES["study"]
+
+st.title("Training")
+runs_dir = _ui.runs_dir()
+running = active_run(runs_dir)
+st.caption(f"Runs are saved in `{runs_dir}`. Device available: {describe_device()}.")
+
+with st.form("training_form"):
+    st.write("Defaults are the study's recipe. On a CPU, a ResNet-50 epoch over the real data takes minutes; "
+             "the quick recipe (Prediction page) trains a demo model in under two minutes.")
+    columns = st.columns(3)
+    arch = columns[0].selectbox("Architecture", list(ARCHITECTURES), index=list(ARCHITECTURES).index(STUDY.arch), key="tr_arch")
+    pretrained = columns[1].selectbox("Initial weights", ["none", "imagenet", "local file"], key="tr_pretrained",
+                                      help="ImageNet weights are downloaded once by torchvision; on an offline machine "
+                                           "give a local torchvision state dict instead.")
+    weights_file = columns[2].text_input("Local weights file", key="tr_weights_file", placeholder="/path/to/resnet50.pth")
+    epochs = columns[0].number_input("Epochs", 1, 200, STUDY.epochs, key="tr_epochs")
+    batch_size = columns[1].number_input("Batch size", 1, 256, STUDY.batch_size, key="tr_batch_size")
+    lr = columns[2].number_input("Learning rate", 1e-6, 1.0, STUDY.lr, format="%.5f", key="tr_lr")
+    optimizer = columns[0].selectbox("Optimiser", ["sgd", "adamw"], key="tr_optimizer")
+    schedule = columns[1].selectbox("Schedule", ["step", "cosine"], key="tr_schedule")
+    weighting = columns[2].selectbox("Class weighting", ["none", "loss", "sampler"], key="tr_class_weighting")
+    preprocess = st.session_state.get("training_preprocess", STUDY_PREPROCESS)
+    size = columns[0].number_input("Image size (px)", 32, 512, preprocess.size, step=16, key="tr_image_size")
+    device = columns[1].selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="tr_device")
+    seed = columns[2].number_input("Seed", 0, 10_000, 0, key="tr_seed")
+    source = "the Preprocessing page's settings" if "training_preprocess" in st.session_state else "the study's preprocessing"
+    st.caption(f"Preprocessing: {source}. Data: `{st.session_state.get('data_dir')}`.")
+    submitted = st.form_submit_button("Start training", type="primary", disabled=running is not None, key="tr_start")
+
+if submitted:
+    try:
+        source = {"none": "none", "imagenet": "imagenet", "local file": weights_file.strip()}[pretrained]
+        config = TrainConfig(arch=arch, pretrained=source, epochs=int(epochs), batch_size=int(batch_size), lr=float(lr),
+                             optimizer=optimizer, schedule=schedule, class_weighting=weighting, device=device, seed=int(seed))
+        run = start_training(st.session_state["data_dir"], config, dataclasses.replace(preprocess, size=int(size)), runs_dir)
+        st.session_state["training_run"] = str(run)
+        running = run
+    except BusiError as error:
+        st.error(str(error))
+
+if running is not None:
+    st.info(f"Training **{running.name}** is running. Other pages stay usable; come back any time.")
+elif "training_preprocess" in st.session_state and st.button("Go back to the study's preprocessing", key="tr_reset_preprocess"):
+    del st.session_state["training_preprocess"]
+    st.rerun()
+
+runs = list_runs(runs_dir)
+if not runs:
+    st.info("No runs yet: start one above.")
+    st.stop()
+names = [r.name for r in runs]
+followed_name = st.selectbox("Follow run", names, index=names.index(running.name) if running else 0, key="tr_follow")
+followed = runs_dir / followed_name
+
+
+@st.fragment(run_every=1.0 if running is not None and followed == running else None)
+def follow(run_path) -> None:
+    summary = summarise_run(run_path, running=active_run(runs_dir) == run_path)
+    events = read_events(run_path)
+    batches = [e for e in events if isinstance(e, BatchEnd)]
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    try:
+        device = json.loads((run_path / "environment.json").read_text())
+        device_text = device.get("gpu") or device["device"]
+    except (OSError, ValueError, KeyError):
+        device_text = "starting…"
+    columns = st.columns(4)
+    columns[0].metric("Status", summary.status)
+    columns[1].metric("Epoch", f"{summary.epochs_done}/{summary.epochs}")
+    columns[2].metric("Images/s", f"{batches[-1].images_per_s:.1f}" if batches else "–")
+    columns[3].metric("Device", device_text)
+    if batches and summary.epochs:
+        last = batches[-1]
+        done = (last.epoch - 1 + last.batch / last.batches) / summary.epochs
+        eta = f", about {epochs[-1].eta_s / 60:.0f} min left" if epochs and summary.status == "running" else ""
+        st.progress(min(1.0, done), text=f"epoch {last.epoch}, batch {last.batch}/{last.batches}{eta}")
+    if summary.status == "running" and st.button("Stop training", key="tr_stop"):
+        stop_training(run_path)
+        st.toast("Stopping at the next batch; a checkpoint is kept and the run can be resumed.")
+    if summary.status == "failed" or summary.status == "incomplete":
+        st.error(f"The run did not finish: {summary.message}")
+    elif summary.status == "stopped":
+        st.warning(f"The run was {summary.message}. Resume it with `python -m busi train --out {run_path} --resume`.")
+    elif summary.status == "done":
+        st.success(f"Finished: best validation macro-F1 {summary.best_val_macro_f1:.3f}. See the Evaluation page.")
+    loss, quality = figures.epoch_curves(events)
+    left, right = st.columns(2)
+    left.plotly_chart(loss, key="tr_loss_chart")
+    right.plotly_chart(quality, key="tr_quality_chart")
+    st.plotly_chart(figures.batch_loss(events), key="tr_batch_chart")
+    if summary.status != "running" and st.session_state.get("tr_was_running") == str(run_path):
+        del st.session_state["tr_was_running"]
+        time.sleep(0.1)
+        st.rerun()  # the job ended: redraw the whole page so the form is enabled again
+    if summary.status == "running":
+        st.session_state["tr_was_running"] = str(run_path)
+
+
+follow(followed)
