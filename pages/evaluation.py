@@ -40,13 +40,18 @@ def _ci(pair) -> str:
 
 st.subheader(f"Classification report ({result['n']} scans, 95 % intervals)")
 metrics = st.columns(3)
-metrics[0].metric("Accuracy", f"{result['accuracy']:.2f}", help=f"95 % CI {_ci(result['accuracy_ci'])}")
-metrics[1].metric("Macro-F1", f"{result['macro_avg']['f1']:.2f}", help=f"95 % CI {_ci(result['macro_avg']['f1_ci'])}")
-metrics[2].metric("Malignant recall", f"{result['per_class']['malignant']['recall']:.2f}",
-                  help=f"95 % CI {_ci(result['per_class']['malignant']['recall_ci'])}")
-st.dataframe([{"class": name, "precision": row["precision"], "precision 95% CI": _ci(row["precision_ci"]),
-               "recall": row["recall"], "recall 95% CI": _ci(row["recall_ci"]), "F1": row["f1"],
-               "F1 95% CI": _ci(row["f1_ci"]), "support": row["support"]} for name, row in result["per_class"].items()],
+metrics[0].metric(f"Accuracy (95 % CI {_ci(result['accuracy_ci'])})", f"{result['accuracy']:.2f}")
+metrics[1].metric(f"Macro-F1 (95 % CI {_ci(result['macro_avg']['f1_ci'])})", f"{result['macro_avg']['f1']:.2f}")
+metrics[2].metric(f"Malignant recall (95 % CI {_ci(result['per_class']['malignant']['recall_ci'])})",
+                  f"{result['per_class']['malignant']['recall']:.2f}")
+st.dataframe([{"class": name, "precision": f"{row['precision']:.2f}", "95% CI ": _ci(row["precision_ci"]),
+               "recall": f"{row['recall']:.2f}", "95% CI  ": _ci(row["recall_ci"]), "F1": f"{row['f1']:.2f}",
+               "95% CI": _ci(row["f1_ci"]), "support": row["support"]} for name, row in result["per_class"].items()]
+             + [{"class": "macro avg", "precision": f"{result['macro_avg']['precision']:.2f}", "recall":
+                 f"{result['macro_avg']['recall']:.2f}", "F1": f"{result['macro_avg']['f1']:.2f}",
+                 "95% CI": _ci(result["macro_avg"]["f1_ci"]), "support": result["n"]},
+                {"class": "weighted avg", "precision": f"{result['weighted_avg']['precision']:.2f}", "recall":
+                 f"{result['weighted_avg']['recall']:.2f}", "F1": f"{result['weighted_avg']['f1']:.2f}", "support": result["n"]}],
              key="ev_report_table", hide_index=True)
 st.caption(f"Intervals: Wilson for proportions; bootstrap ({result['bootstrap']['samples']} resamples by "
            f"{result['bootstrap']['unit']}) for F1 and AUC. With about a hundred test scans, ±7 points is normal.")
@@ -58,8 +63,8 @@ threshold = threshold if use_threshold else None
 point = operating_point(predictions.labels, predictions.probabilities, threshold)
 predicted = decide(predictions.probabilities, threshold)
 columns = st.columns(2)
-columns[0].metric("Sensitivity (malignant)", f"{point['sensitivity']:.2f}", help=f"95 % CI {_ci(point['sensitivity_ci'])}")
-columns[1].metric("Specificity (malignant)", f"{point['specificity']:.2f}", help=f"95 % CI {_ci(point['specificity_ci'])}")
+columns[0].metric(f"Sensitivity for malignant (95 % CI {_ci(point['sensitivity_ci'])})", f"{point['sensitivity']:.2f}")
+columns[1].metric(f"Specificity for malignant (95 % CI {_ci(point['specificity_ci'])})", f"{point['specificity']:.2f}")
 
 left, right = st.columns([3, 4])
 selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",
