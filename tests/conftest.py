@@ -6,8 +6,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from busi import synth
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120
+
+
+def open_page(page: str, **state) -> AppTest:
+    """A new session opened on ``pages/{page}.py``, rendered without an exception."""
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        app.session_state[key] = value
+    if page != "overview":
+        app.switch_page(f"pages/{page}.py")
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def widget(app: AppTest, key: str):
+    """The widget with this key, whatever its kind (keys are unique across the app)."""
+    return next(w for kind in ("selectbox", "multiselect", "slider", "select_slider", "toggle", "button", "radio",
+                               "text_input", "number_input", "color_picker", "file_uploader")
+                for w in getattr(app, kind) if w.key == key)
+
 
 REAL_BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "busi"
 
@@ -49,3 +73,21 @@ def tiny_run(synthetic_dataset, tmp_path_factory) -> Path:
     events = list(train(synthetic_dataset, run, config, PreprocessConfig(size=32)))
     assert isinstance(events[-1], Done), events[-1]
     return run
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """An empty runs folder for the app."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    monkeypatch.setenv("BUSI_RUNS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def runs_with_model(runs, tiny_run) -> Path:
+    """The app's runs folder holding a copy of the tiny run."""
+    import shutil
+
+    shutil.copytree(tiny_run, runs / "20260101-000000-resnet18")
+    return runs

@@ -1,56 +1,16 @@
 """Every page through Streamlit's AppTest on the demo or synthetic data."""
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
-from streamlit.testing.v1 import AppTest
 
 from busi import synth
 from busi.data import CLASSES
 from busi.figures import cell_from_selection, confusion_matrix
 from busi.jobs import active_run
 from busi.train import read_events
-from tests.conftest import png_bytes
-
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TIMEOUT = 120
-
-
-def open_page(page: str, **state) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        app.session_state[key] = value
-    app.run()
-    if page != "overview":
-        app.switch_page(f"pages/{page}.py").run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
-
-
-@pytest.fixture
-def runs(tmp_path, monkeypatch):
-    """An empty runs folder for the app."""
-    folder = tmp_path / "runs"
-    folder.mkdir()
-    monkeypatch.setenv("BUSI_RUNS", str(folder))
-    return folder
-
-
-@pytest.fixture
-def runs_with_model(runs, tiny_run):
-    shutil.copytree(tiny_run, runs / "20260101-000000-resnet18")
-    return runs
-
-
-def widget(app: AppTest, key: str):
-    return next(w for kind in ("selectbox", "multiselect", "slider", "select_slider", "toggle", "button", "radio",
-                               "text_input", "number_input", "color_picker", "file_uploader")
-                for w in getattr(app, kind) if w.key == key)
-
+from tests.conftest import open_page, png_bytes, widget
 
 # -- overview --------------------------------------------------------------------------------
 

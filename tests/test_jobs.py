@@ -6,7 +6,13 @@ import time
 import pytest
 
 from busi.errors import BusiError
-from busi.jobs import active_run, list_runs, start_training, stop_training, summarise_run
+from busi.jobs import (
+    active_run,
+    list_runs,
+    start_training,
+    stop_training,
+    summarise_run,
+)
 from busi.preprocess import PreprocessConfig
 from busi.train import EpochEnd, TrainConfig, read_events
 
