@@ -1,16 +1,15 @@
-"""busi dashboard: ``streamlit run app.py``. Routes to the pages, each of which draws the shared
-sidebar itself (elements drawn here, outside the pages, are not kept across reruns by AppTest)."""
+"""busi dashboard: ``streamlit run app.py``.
+
+Routes to the pages listed in ``pages/_ui.py``. Each page draws the shared sidebar (page links
+and the data source) itself: the automatic menu is off because Streamlit would otherwise
+sometimes show its file-based list of ``pages/`` (helper module included) instead of ours, and
+elements drawn here, outside the pages, are not kept across reruns by AppTest.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="busi: breast-ultrasound classifier", page_icon=":material/biotech:", layout="wide")
+from pages._ui import PAGES
 
-pages = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-    st.Page("pages/playground.py", title="Preprocessing", icon=":material/tune:"),
-    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
-    st.Page("pages/prediction.py", title="Prediction", icon=":material/stethoscope:"),
-]
-st.navigation(pages).run()
+st.set_page_config(page_title="busi: breast-ultrasound classifier", page_icon=":material/biotech:", layout="wide")
+st.navigation([st.Page(path, title=title, icon=icon, default=path == PAGES[0][0]) for path, title, icon in PAGES],
+              position="hidden").run()

@@ -1,8 +1,8 @@
 """Plotly figures built from plain values, shared by the dashboard and report export.
 
 The confusion matrix is a scatter of square markers rather than a heatmap because Streamlit
-returns click selections for scatter points only; each point carries its (true, predicted)
-class indices so a click maps straight back to the scans in that cell.
+returns click selections for scatter points only; a selected point's axis categories map
+straight back to the (true, predicted) cell.
 """
 
 from __future__ import annotations
@@ -57,8 +57,13 @@ def batch_loss(events: Sequence[object]) -> go.Figure:
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
-    """Rows are true classes (top to bottom), columns predicted; click a square to select it."""
+    """Rows are true classes (top to bottom), columns predicted; click a square to select it.
+
+    The coloured cells are layout rectangles in axis units, so they tile the plot at any width;
+    a point at each cell's centre carries the count and receives the click.
+    """
     matrix = np.asarray(matrix)
+    size = len(classes)
     rows, columns = np.indices(matrix.shape)
     rows, columns = rows.ravel(), columns.ravel()
     counts = matrix.ravel()
@@ -66,23 +71,31 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str]) ->
     figure = go.Figure(go.Scatter(
         x=[classes[c] for c in columns], y=[classes[r] for r in rows], mode="markers+text",
         text=[str(c) for c in counts], textfont={"size": 18, "color": ["white" if s > 0.5 else "black" for s in shade]},
-        marker={"symbol": "square", "size": 80, "color": shade, "colorscale": "Blues", "cmin": 0, "cmax": 1,
-                "line": {"color": ["#d1495b" if r != c else "#444" for r, c in zip(rows, columns)], "width": 2}},
-        customdata=np.stack([rows, columns], axis=1), hovertemplate="true %{y}<br>predicted %{x}<br>%{text} scans<extra></extra>",
+        marker={"symbol": "square", "size": 44, "color": "rgba(0,0,0,0)"},
+        selected={"marker": {"opacity": 1}}, unselected={"marker": {"opacity": 1}},
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text} scans<extra></extra>",
     ))
-    figure.update_layout(title="Confusion matrix: click a square", xaxis_title="predicted", yaxis_title="true",
-                         xaxis={"categoryorder": "array", "categoryarray": list(classes), "side": "top"},
-                         yaxis={"categoryorder": "array", "categoryarray": list(classes)[::-1]},
-                         **(_LAYOUT | {"height": 380}))
+    blues = ["#eef4fa", "#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c"]
+    for row, column, value in zip(rows, columns, shade):
+        y = size - 1 - row  # the y axis lists the classes top to bottom
+        figure.add_shape(type="rect", x0=column - 0.48, x1=column + 0.48, y0=y - 0.48, y1=y + 0.48, layer="below",
+                         fillcolor=blues[int(round(value * (len(blues) - 1)))],
+                         line={"color": "#444" if row == column else "#d1495b", "width": 2})
+    axis = {"categoryorder": "array", "range": [-0.5, size - 0.5], "fixedrange": True, "showgrid": False, "zeroline": False}
+    figure.update_layout(title={"text": "Confusion matrix: click a square", "y": 0.98, "yanchor": "top"},
+                         template="plotly_white", margin={"l": 90, "r": 10, "t": 110, "b": 10}, height=400,
+                         xaxis=axis | {"title": "predicted", "categoryarray": list(classes), "side": "top"},
+                         yaxis=axis | {"title": "true", "categoryarray": list(classes)[::-1]})
     return figure
 
 
-def cell_from_selection(points: Sequence[dict]) -> tuple[int, int] | None:
-    """(true, predicted) class indices of the clicked square, from a chart selection's points."""
+def cell_from_selection(points: Sequence[dict], classes: Sequence[str]) -> tuple[int, int] | None:
+    """(true, predicted) class indices of the clicked square, from a chart selection's points
+    (each carries its axis categories: x predicted, y true)."""
     for point in points:
-        custom = point.get("customdata")
-        if custom is not None and len(custom) == 2:
-            return int(custom[0]), int(custom[1])
+        true, predicted = point.get("y"), point.get("x")
+        if true in classes and predicted in classes:
+            return list(classes).index(true), list(classes).index(predicted)
     return None
 
 

@@ -25,6 +25,14 @@ NOTICE = ("**Research demo, not a medical device.** Predictions and heatmaps mus
 CITATION = ("Dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound "
             "images\", *Data in Brief* 28 (2020) 104863.")
 OTHER_FOLDER = "Another folder…"
+PAGES = (
+    ("pages/overview.py", "Overview", ":material/home:"),
+    ("pages/dataset.py", "Dataset", ":material/photo_library:"),
+    ("pages/playground.py", "Preprocessing", ":material/tune:"),
+    ("pages/training.py", "Training", ":material/model_training:"),
+    ("pages/evaluation.py", "Evaluation", ":material/analytics:"),
+    ("pages/prediction.py", "Prediction", ":material/stethoscope:"),
+)
 
 
 def notice() -> None:
@@ -32,7 +40,11 @@ def notice() -> None:
 
 
 def sidebar() -> None:
-    """The sidebar every page shares: the data source."""
+    """The sidebar every page shares: the page links and the data source."""
+    with st.sidebar:
+        for path, title, icon in PAGES:
+            st.page_link(path, label=title, icon=icon)
+        st.divider()
     choose_data_source()
 
 

@@ -66,10 +66,10 @@ columns = st.columns(2)
 columns[0].metric(f"Sensitivity for malignant (95 % CI {_ci(point['sensitivity_ci'])})", f"{point['sensitivity']:.2f}")
 columns[1].metric(f"Specificity for malignant (95 % CI {_ci(point['specificity_ci'])})", f"{point['specificity']:.2f}")
 
-left, right = st.columns([3, 4])
+left, right = st.columns([1, 1])
 selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",
                               on_select="rerun", selection_mode="points")
-clicked = figures.cell_from_selection(selection.selection.points if selection else [])
+clicked = figures.cell_from_selection(selection.selection.points if selection else [], CLASSES)
 if clicked is not None:
     st.session_state["ev_cell"] = clicked  # kept while the threshold or other widgets change
 cell = st.session_state.get("ev_cell")

@@ -166,10 +166,12 @@ def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model)
 
 def test_confusion_matrix_clicks_map_back_to_cells():
     figure = confusion_matrix([[5, 1, 0], [2, 7, 0], [0, 0, 3]], CLASSES)
-    points = [{"x": "benign", "y": "malignant", "customdata": list(row)} for row in figure.data[0].customdata]
-    assert cell_from_selection([points[3]]) == (1, 0)  # row 1 (malignant) predicted column 0 (benign)
-    assert [int(t) for t in figure.data[0].text] == [5, 1, 0, 2, 7, 0, 0, 0, 3]
-    assert cell_from_selection([]) is None and cell_from_selection([{"x": 1}]) is None
+    trace = figure.data[0]
+    assert [int(t) for t in trace.text] == [5, 1, 0, 2, 7, 0, 0, 0, 3]
+    # What Streamlit reports for a click on the square in row "malignant", column "benign".
+    point = {"curve_number": 0, "point_number": 3, "point_index": 3, "x": trace.x[3], "y": trace.y[3]}
+    assert cell_from_selection([point], CLASSES) == (1, 0)
+    assert cell_from_selection([], CLASSES) is None and cell_from_selection([{"x": 1}], CLASSES) is None
 
 
 # -- prediction ------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright, against `streamlit run`.
+
+One server on a free loopback port with the demo data and empty runs and temp folders. The
+walk follows a person through every page; screenshots land in the test's output folder.
+Skipped when Chromium or Playwright is missing, unless BUSI_REQUIRE_BROWSER is set (CI).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from busi import synth
+from tests.conftest import png_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+playwright_api = pytest.importorskip("playwright.sync_api") if not os.environ.get("BUSI_REQUIRE_BROWSER") else \
+    __import__("playwright.sync_api", fromlist=["sync_playwright"])
+if not CHROMIUM.exists():
+    if os.environ.get("BUSI_REQUIRE_BROWSER"):
+        raise RuntimeError("BUSI_REQUIRE_BROWSER is set but /usr/bin/chromium is missing: apt-get install chromium")
+    pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _listing(*folders: Path) -> set[str]:
+    return {str(p) for folder in folders for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``streamlit run app.py`` with its own cache, runs and temp folders; yields its URL."""
+    base = tmp_path_factory.mktemp("e2e")
+    folders = {name: base / name for name in ("cache", "runs", "tmp")}
+    for folder in folders.values():
+        folder.mkdir()
+    port = _free_port()
+    environment = os.environ | {"BUSI_CACHE": str(folders["cache"]), "BUSI_RUNS": str(folders["runs"]),
+                                "TMPDIR": str(folders["tmp"]), "PYTHONPATH": str(ROOT)}
+    environment.pop("BUSI_DATA", None)
+    log = open(base / "server.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                                "--server.address", "127.0.0.1", "--server.headless", "true"],
+                               cwd=base, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start: " + (base / "server.log").read_text())
+    yield {"url": url, "base": base, **folders}
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield instance
+        instance.close()
+
+
+def settle(page, text: str, timeout: float = 90_000) -> None:
+    """Wait until ``text`` is shown and the script has stopped running."""
+    page.get_by_text(text).first.wait_for(timeout=timeout)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def no_error_box(page) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, page.locator("[data-testid='stException']").all_inner_texts()
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0, \
+        page.locator("[data-testid='stAlertContentError']").all_inner_texts()
+
+
+def open_page(page, server, path: str, text: str, shots: Path, name: str) -> None:
+    page.goto(f"{server['url']}/{path}")
+    settle(page, text)
+    no_error_box(page)
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def test_a_person_walks_through_every_page(server, browser, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+    open_page(page, server, "", "Data in use", shots, "overview")
+    assert page.get_by_text("not a medical device").count() >= 1
+
+    open_page(page, server, "dataset", "Validation report", shots, "dataset")
+    page.get_by_text(f"{3 * synth.DEMO_PER_CLASS} of {3 * synth.DEMO_PER_CLASS} scans match").wait_for()
+    page.get_by_label("Group", exact=True).fill("3")
+    page.get_by_label("Group", exact=True).press("Enter")
+    settle(page, f"1 of {3 * synth.DEMO_PER_CLASS} scans match")
+
+    open_page(page, server, "playground", "model input", shots, "playground")
+    model_input = page.locator("[data-testid='stImage']").filter(has_text="model input").locator("img")
+    before = model_input.get_attribute("src")
+    page.locator("input[type=range][aria-label='CLAHE clip limit']").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("(before) => document.querySelectorAll('[data-testid=\"stImage\"] img')[5].src !== before",
+                           arg=before, timeout=30_000)
+    settle(page, "model input")
+    assert model_input.get_attribute("src") != before
+
+    open_page(page, server, "training", "Start training", shots, "training-form")
+    page.get_by_label("Architecture", exact=True).click()
+    page.get_by_role("option", name="resnet18").click()
+    page.get_by_label("Epochs", exact=True).fill("3")
+    page.get_by_label("Batch size", exact=True).fill("4")
+    page.get_by_label("Image size (px)", exact=True).fill("64")
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("is running").first.wait_for(timeout=60_000)
+    chart = page.locator(".st-key-tr_batch_chart .scatterlayer path.js-line")
+    chart.first.wait_for(timeout=90_000)
+    first_path = chart.first.get_attribute("d")
+    page.wait_for_function(
+        "(first) => { const p = document.querySelector('.st-key-tr_batch_chart .scatterlayer path.js-line');"
+        " return p && p.getAttribute('d').length > first.length; }", arg=first_path, timeout=90_000)
+    page.get_by_text("Finished: best validation macro-F1").wait_for(timeout=180_000)
+    no_error_box(page)
+    page.screenshot(path=str(shots / "training-done.png"), full_page=True)
+
+    open_page(page, server, "evaluation", "Classification report", shots, "evaluation")
+    squares = page.locator(".st-key-ev_confusion .scatterlayer .point")
+    assert squares.count() == 9
+    page.locator(".st-key-ev_confusion").scroll_into_view_if_needed()
+    box = squares.nth(0).bounding_box()  # true benign, predicted benign; plotly's drag layer takes the click
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text(re.compile(r"scans\W+true benign, predicted benign")).wait_for(timeout=60_000)
+    settle(page, "true benign, predicted benign")
+    no_error_box(page)
+    page.screenshot(path=str(shots / "evaluation-cell.png"), full_page=True)
+
+    open_page(page, server, "prediction", "Upload one or more", shots, "prediction")
+    scan = tmp_path / "upload-scan.png"
+    scan.write_bytes(png_bytes(synth.make_phantom("malignant", 11, (128, 128))[0]))
+    page.locator("input[type=file]").set_input_files(str(scan))
+    settle(page, "Predicted class")
+    assert page.get_by_text("Grad-CAM for").count() >= 1
+    assert page.get_by_text("Class probabilities").count() >= 1
+    no_error_box(page)
+    page.screenshot(path=str(shots / "prediction-result.png"), full_page=True)
+    assert len(list(shots.iterdir())) == 9
+
+
+def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, tmp_path):
+    trainer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    trainer.goto(f"{server['url']}/training")
+    settle(trainer, "Start training")
+    trainer.get_by_label("Architecture", exact=True).click()
+    trainer.get_by_role("option", name="resnet18").click()
+    trainer.get_by_label("Epochs", exact=True).fill("50")
+    trainer.get_by_label("Image size (px)", exact=True).fill("64")
+    trainer.get_by_role("button", name="Start training").click()
+    trainer.get_by_text("is running").first.wait_for(timeout=60_000)
+
+    other.goto(f"{server['url']}/prediction")
+    settle(other, "Upload one or more")
+    upload = tmp_path / "other-session.png"
+    upload.write_bytes(png_bytes(synth.make_phantom("benign", 12, (128, 128))[0]))
+    other.locator("input[type=file]").set_input_files(str(upload))
+    settle(other, "Predicted class")
+    other.goto(f"{server['url']}/training")
+    settle(other, "is running")
+    assert other.get_by_role("button", name="Start training").is_disabled()  # read-only while the job runs
+
+    trainer.goto(f"{server['url']}/prediction")
+    settle(trainer, "Upload one or more")
+    assert trainer.get_by_text("other-session.png").count() == 0  # the other session's upload is not here
+    trainer.goto(f"{server['url']}/training")
+    settle(trainer, "is running")
+    trainer.get_by_role("button", name="Stop training").click()
+    trainer.get_by_text(re.compile("The run was stopped")).wait_for(timeout=120_000)
+
+
+def test_uploads_are_never_written_to_disk_or_logged(server, browser, tmp_path):
+    watched = (server["tmp"], server["runs"], server["cache"], server["base"])
+    before = _listing(*watched)
+    page = browser.new_page()
+    page.goto(f"{server['url']}/prediction")
+    settle(page, "Upload one or more")
+    secret = tmp_path / "patient-4711.png"
+    pixels = synth.make_phantom("malignant", 13, (128, 128))[0]
+    secret.write_bytes(png_bytes(pixels))
+    page.locator("input[type=file]").set_input_files(str(secret))
+    settle(page, "Predicted class")
+    page.goto(f"{server['url']}/playground")
+    settle(page, "model input")
+    page.get_by_text("Upload a scan").click()
+    settle(page, "Choose a PNG")
+    page.locator("input[type=file]").set_input_files(str(secret))
+    settle(page, "model input")
+    after = _listing(*watched)
+    assert after == before, sorted(after - before)
+    assert "patient-4711" not in (server["base"] / "server.log").read_text()
+    assert np.asarray(pixels).size  # the upload was a real scan, not an empty file
