@@ -56,7 +56,7 @@ def time_epochs(index, arch: str, batch_size: int) -> dict[str, float]:
 
     def ours() -> None:
         for _ in train_one_epoch(model, criterion, optimizer, images, labels, np.random.permutation(len(labels)),
-                                 batch_size, torch.device("cpu"), True, np.random.default_rng(0), 1):
+                                 batch_size, torch.device("cpu"), "flip", np.random.default_rng(0), 1):
             pass
 
     def plain() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from busi.augment import augment_batch
 from busi.cache import cached_inputs
 from busi.config import config_from_dict, config_to_dict
 from busi.data import CLASSES, DatasetIndex, index_dataset, load_scan
@@ -54,6 +55,8 @@ class TrainConfig:
     class_weighting: str = "none"  # none | loss | sampler
     label_smoothing: float = 0.0
     flip: bool = True
+    augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle)
+    warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     seed: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
@@ -67,10 +70,13 @@ class TrainConfig:
         if not self.lr > 0:
             raise ParameterError(f"lr must be positive, got {self.lr}.")
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "cosine"),
-                   "class_weighting": ("none", "loss", "sampler"), "device": ("auto", "cpu", "cuda", "mps")}
+                   "class_weighting": ("none", "loss", "sampler"), "device": ("auto", "cpu", "cuda", "mps"),
+                   "augment": ("none", "ultrasound")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ParameterError(f"warmup_epochs must be between 0 and epochs - 1, got {self.warmup_epochs}.")
         if self.folds == 1 or self.folds < 0:
             raise ParameterError(f"folds must be 0 (single split) or at least 2, got {self.folds}.")
         if self.folds and not 0 <= self.fold < self.folds:
@@ -273,7 +279,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
-                    labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, flip: bool,
+                    labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
                     rng: np.random.Generator, epoch: int) -> Iterator[BatchEnd]:
     """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
     caller can report progress and stop between batches."""
@@ -282,9 +288,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
     for batch, rows in enumerate(np.array_split(order, batches), start=1):
         started = time.perf_counter()
         batch_images = images[rows]
-        if flip:  # horizontal only: the skin line stays at the top
-            flips = rng.random(len(rows)) < 0.5
-            batch_images = np.where(flips[:, None, None], batch_images[:, :, ::-1], batch_images)
+        if augment:  # drawn afresh every batch, after the cached deterministic preprocessing
+            batch_images = augment_batch(batch_images, rng, augment)
         x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(batch_images)).to(device))
         loss = criterion(model(x), torch.from_numpy(labels[rows]).to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -299,6 +304,12 @@ def _class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def _augmentation_policy(config: TrainConfig) -> str | None:
+    if config.augment == "ultrasound":
+        return "ultrasound"
+    return "flip" if config.flip else None
+
+
 def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -306,7 +317,14 @@ def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optim
         optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
     if config.schedule == "step":
         return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
-    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs)
+    warmup, epochs = config.warmup_epochs, config.epochs
+
+    def cosine_with_warmup(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup)
 
 
 def train(
@@ -375,7 +393,7 @@ def train(
                 order = rng.permutation(train_rows)
             epoch_loss = 0.0
             for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
-                                         config.batch_size, device, config.flip, rng, epoch):
+                                         config.batch_size, device, _augmentation_policy(config), rng, epoch):
                 epoch_loss += event.loss * event.size
                 yield emit(event)
                 if (run / STOP_FILE).exists():

@@ -70,6 +70,15 @@ def test_a_cross_validation_fold_tests_on_that_fold(synthetic_dataset, tmp_path)
         "brightness_mean", "brightness_sd", "contrast_mean", "contrast_sd"}
 
 
+def test_ultrasound_augmentation_with_cosine_warm_up_trains(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=3, batch_size=4, device="cpu", optimizer="adamw", schedule="cosine",
+                         warmup_epochs=1, augment="ultrasound", lr=0.01)
+    events = list(train(synthetic_dataset, tmp_path, config, SMALL))
+    assert isinstance(events[-1], Done)
+    rates = [e.lr for e in events if isinstance(e, EpochEnd)]
+    assert rates[0] == pytest.approx(0.005) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
+
+
 def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset, tmp_path):
     events = []
     for event in train(synthetic_dataset, tmp_path, TINY, SMALL):
@@ -119,7 +128,8 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     "settings, message",
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
-     ({"folds": 5, "fold": 5}, "fold must be between 0 and 4")],
+     ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
+     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):

@@ -1,0 +1,71 @@
+"""Random training augmentation suited to ultrasound, applied to preprocessed uint8 inputs.
+
+As in MONAI, drawing the randomness (``draw``) is separate from applying it (``apply``), so a
+test can apply known parameters. Only horizontal flips: a vertical flip would put the skin line
+at the bottom, which no real scan shows. Rotations stay small for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from busi.errors import ParameterError
+
+POLICIES = ("flip", "ultrasound")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    flip: bool = False
+    angle: float = 0.0  # degrees
+    scale: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)  # fraction of the width, height
+    gain: float = 1.0  # multiplies intensities (transducer gain)
+    gamma: float = 1.0  # contrast curve
+    speckle: float = 0.0  # standard deviation of multiplicative noise
+
+
+def draw(rng: np.random.Generator, policy: str) -> Augmentation:
+    if policy not in POLICIES:
+        raise ParameterError(f"augmentation policy must be one of {', '.join(POLICIES)}, got '{policy}'.")
+    flip = bool(rng.random() < 0.5)
+    if policy == "flip":
+        return Augmentation(flip=flip)
+    return Augmentation(
+        flip=flip,
+        angle=float(rng.uniform(-10, 10)),
+        scale=float(rng.uniform(0.9, 1.1)),
+        shift=(float(rng.uniform(-0.06, 0.06)), float(rng.uniform(-0.06, 0.06))),
+        gain=float(rng.uniform(0.8, 1.2)),
+        gamma=float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))),
+        speckle=float(rng.uniform(0.0, 0.12)),
+    )
+
+
+def apply(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator | None = None) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (H, W); ``rng`` supplies the speckle noise when there is any."""
+    a = augmentation
+    out = image[:, ::-1] if a.flip else image
+    height, width = out.shape
+    if a.angle or a.scale != 1.0 or a.shift != (0.0, 0.0):
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), a.angle, a.scale)
+        matrix[:, 2] += (a.shift[0] * width, a.shift[1] * height)
+        out = cv2.warpAffine(np.ascontiguousarray(out), matrix, (width, height), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if a.gain != 1.0 or a.gamma != 1.0 or a.speckle:
+        values = out.astype(np.float32) / 255.0
+        values = np.power(values, a.gamma) * a.gain
+        if a.speckle:
+            if rng is None:
+                raise ParameterError("Speckle noise needs a random generator.")
+            values *= 1.0 + a.speckle * rng.standard_normal(values.shape, dtype=np.float32)
+        out = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str) -> np.ndarray:
+    """A freshly augmented copy of a uint8 batch (N, H, W)."""
+    return np.stack([apply(image, draw(rng, policy), rng) for image in images])

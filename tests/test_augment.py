@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from busi.augment import Augmentation, apply, augment_batch, draw
+from busi.errors import ParameterError
+
+
+def _disc(size=64, centre=(32, 32), radius=8):
+    yy, xx = np.mgrid[:size, :size]
+    return np.where((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius**2, 200, 40).astype(np.uint8)
+
+
+def test_no_augmentation_returns_the_image_and_flip_mirrors_it():
+    image = np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)
+    assert (apply(image, Augmentation()) == image).all()
+    assert (apply(image, Augmentation(flip=True)) == image[:, ::-1]).all()
+
+
+def test_shift_moves_the_lesion_by_that_fraction():
+    moved = apply(_disc(), Augmentation(shift=(0.25, 0.0)))
+    yy, xx = np.nonzero(moved > 120)
+    assert xx.mean() == pytest.approx(32 + 16, abs=1) and yy.mean() == pytest.approx(32, abs=1)
+
+
+def test_gain_brightens_and_speckle_needs_a_seeded_generator():
+    image = _disc()
+    assert apply(image, Augmentation(gain=1.2)).mean() > image.mean()
+    first = apply(image, Augmentation(speckle=0.1), np.random.default_rng(3))
+    assert (first == apply(image, Augmentation(speckle=0.1), np.random.default_rng(3))).all()
+    assert (first != image).any()
+    with pytest.raises(ParameterError, match="random generator"):
+        apply(image, Augmentation(speckle=0.1))
+
+
+def test_ultrasound_policy_keeps_the_skin_line_at_the_top():
+    gradient = np.repeat(np.linspace(255, 30, 64, dtype=np.float32)[:, None], 64, axis=1).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    augmented = augment_batch(np.stack([gradient] * 200), rng, "ultrasound")
+    assert augmented.shape == (200, 64, 64) and augmented.dtype == np.uint8
+    assert (augmented[:, 8:24].mean(axis=(1, 2)) > augmented[:, 40:56].mean(axis=(1, 2))).all()
+    drawn = [draw(rng, "ultrasound") for _ in range(500)]
+    assert all(-10 <= d.angle <= 10 and 0.9 <= d.scale <= 1.1 and 0.8 <= d.gain <= 1.2 for d in drawn)
+    assert 0.4 < np.mean([d.flip for d in drawn]) < 0.6
+
+
+def test_flip_policy_only_flips_and_unknown_policies_are_refused():
+    drawn = draw(np.random.default_rng(1), "flip")
+    assert drawn.angle == 0 and drawn.gain == 1 and drawn.speckle == 0
+    with pytest.raises(ParameterError, match="policy must be one of"):
+        draw(np.random.default_rng(1), "vertical")
