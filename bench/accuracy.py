@@ -46,13 +46,21 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one training setting, for ablations (e.g. --set mask_weight=0)")
     args = parser.parse_args()
     config, preprocess = recipe(args.recipe)
-    config = dataclasses.replace(config, seed=args.seed, threads=args.threads, folds=args.folds)
+    overrides = {}
+    for item in args.set:
+        name, value = item.split("=", 1)
+        overrides[name] = type(getattr(config, name))(value) if not isinstance(getattr(config, name), bool) \
+            else value.lower() in ("1", "true", "yes")
+    config = dataclasses.replace(config, seed=args.seed, threads=args.threads, folds=args.folds, **overrides)
     folds = range(args.folds) if args.folds else [0]
     if args.only:
         folds = [int(f) for f in args.only.split(",")]
-    out = OUT / f"accuracy-{args.recipe}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
+    variant = "".join(f"-{item}" for item in sorted(args.set))
+    out = OUT / f"accuracy-{args.recipe}{variant}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
 
     rows, labels, probabilities, groups = [], [], [], []
     for fold in folds:
@@ -70,7 +78,7 @@ def main() -> None:
         groups.append(predictions.groups)
 
     columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "ece", "minutes"]
-    print(f"recipe {args.recipe}, seed {args.seed}, data {args.data}")
+    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}")
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     for row in rows:
         print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in columns))

@@ -66,6 +66,18 @@ def apply(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generato
     return np.ascontiguousarray(out)
 
 
-def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str) -> np.ndarray:
-    """A freshly augmented copy of a uint8 batch (N, H, W)."""
-    return np.stack([apply(image, draw(rng, policy), rng) for image in images])
+def apply_to_mask(mask: np.ndarray, augmentation: Augmentation) -> np.ndarray:
+    """The same geometry for a uint8 lesion mask (H, W); intensity changes do not apply."""
+    geometry = Augmentation(flip=augmentation.flip, angle=augmentation.angle, scale=augmentation.scale,
+                            shift=augmentation.shift)
+    return apply(mask, geometry)
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str,
+                  masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Freshly augmented copies of a uint8 batch (N, H, W) and, moved alike, of its masks."""
+    drawn = [draw(rng, policy) for _ in images]
+    images = np.stack([apply(image, a, rng) for image, a in zip(images, drawn)])
+    if masks is not None:
+        masks = np.stack([apply_to_mask(mask, a) for mask, a in zip(masks, drawn)])
+    return images, masks

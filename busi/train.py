@@ -18,17 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from busi.augment import augment_batch
 from busi.cache import cached_inputs
 from busi.config import config_from_dict, config_to_dict
-from busi.data import CLASSES, DatasetIndex, index_dataset, load_scan
+from busi.data import CLASSES, DatasetIndex, index_dataset, load_mask, load_scan
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
 from busi.metrics import summarise
-from busi.model import batched_logits, build_model, to_model_tensor
-from busi.preprocess import Pipeline, PreprocessConfig
+from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
+from busi.preprocess import Pipeline, PreprocessConfig, resize
 from busi.split import cross_validation_split, three_way_split, write_manifest
 
 STOP_FILE = "STOP"
@@ -57,6 +58,7 @@ class TrainConfig:
     flip: bool = True
     augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle)
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
+    mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     seed: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
@@ -81,6 +83,8 @@ class TrainConfig:
             raise ParameterError(f"folds must be 0 (single split) or at least 2, got {self.folds}.")
         if self.folds and not 0 <= self.fold < self.folds:
             raise ParameterError(f"fold must be between 0 and {self.folds - 1}, got {self.fold}.")
+        if self.mask_weight < 0:
+            raise ParameterError(f"mask_weight must be 0 or more, got {self.mask_weight}.")
         if not 0 <= self.label_smoothing < 1:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
 
@@ -159,6 +163,8 @@ class _Data:
     labels: np.ndarray  # int (N,)
     parts: np.ndarray  # "train" | "val" | "test"
     paths: list[str] = field(default_factory=list)
+    masks: np.ndarray | None = None  # uint8 (N, size, size) 0/255 lesion masks, training supervision only
+    mask_known: np.ndarray | None = None  # bool (N,): False for a lesion scan without a usable mask
 
 
 def resolve_device(name: str) -> torch.device:
@@ -193,7 +199,11 @@ def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, config: TrainCon
         parts = cross_validation_split(index.labels, index.groups, fold=config.fold, n_splits=config.folds, seed=config.seed)
     else:
         parts = three_way_split(index.labels, index.groups, seed=config.seed)
-    return _Data(images, labels, parts, [index.relative_path(r) for r in index.records]), index
+    data = _Data(images, labels, parts, [index.relative_path(r) for r in index.records])
+    if config.mask_weight:
+        data.masks = lesion_masks(index, preprocess)
+        data.mask_known = np.array([record.label == "normal" or bool(record.mask_paths) for record in index.records])
+    return data, index
 
 
 def model_inputs(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarray:
@@ -201,6 +211,55 @@ def model_inputs(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarra
     pipeline = Pipeline(preprocess)
     return cached_inputs(preprocess.to_json(), [record.path for record in index.records],
                          lambda: np.stack([pipeline.model_input(load_scan(record)) for record in index.records]))
+
+
+def lesion_masks(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarray:
+    """uint8 (N, size, size), 255 inside the lesion, resized like the scans; cached on disk."""
+    paths = [path for record in index.records for path in (record.path, *record.mask_paths)]
+
+    def compute() -> np.ndarray:
+        return np.stack([resize(load_mask(record), preprocess.size, keep_aspect=preprocess.keep_aspect)
+                         for record in index.records]).astype(np.uint8) * 255
+
+    return cached_inputs(preprocess.to_json() + "masks", paths, compute)
+
+
+class LesionHead(nn.Module):
+    """Training-only auxiliary head: predicts a coarse lesion map from the backbone's last stage
+    (captured by a hook), so the classifier learns where lesions are. It is not part of the
+    saved model: at prediction time the model sees the scan alone."""
+
+    def __init__(self, stage: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, kernel_size=1)
+        self._features: torch.Tensor | None = None
+        self._handle = stage.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output: torch.Tensor) -> None:
+        self._features = output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def loss(self, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy against the share of lesion in each cell, scans with a known mask only."""
+        logits = self.conv(self._features)[:, 0]
+        target = F.adaptive_avg_pool2d(masks.float()[:, None] / 255.0, logits.shape[-2:])[:, 0]
+        per_scan = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        return (per_scan * known).sum() / known.sum().clamp(min=1)
+
+
+def _lesion_head(model: nn.Module, arch: str, size: int, device: torch.device) -> LesionHead:
+    stage = last_conv_stage(model, arch)
+    with torch.no_grad():  # one tiny pass to learn the stage's channel count
+        captured = []
+        handle = stage.register_forward_hook(lambda module, inputs, output: captured.append(output.shape[1]))
+        was_training = model.training
+        model.eval()
+        model(torch.zeros(1, 3, min(size, 64), min(size, 64), device=device))
+        model.train(was_training)
+        handle.remove()
+    return LesionHead(stage, captured[0]).to(device)
 
 
 def input_statistics(images: np.ndarray) -> dict[str, float]:
@@ -234,14 +293,15 @@ def _model_state(model: nn.Module, config: TrainConfig, preprocess: PreprocessCo
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig,
-                     preprocess: PreprocessConfig, stats: dict[str, float], best: tuple[int, float]) -> None:
+                     preprocess: PreprocessConfig, stats: dict[str, float], best: tuple[int, float],
+                     head: nn.Module | None = None) -> None:
     state = _model_state(model, config, preprocess, stats) | {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "best_epoch": best[0],
         "best_val_macro_f1": best[1],
-    }
+    } | ({"lesion_head": head.state_dict()} if head else {})
     _save_atomic(path, state)
 
 
@@ -280,18 +340,25 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
                     labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
-                    rng: np.random.Generator, epoch: int) -> Iterator[BatchEnd]:
+                    rng: np.random.Generator, epoch: int, lesion: tuple[LesionHead, np.ndarray, np.ndarray, float] | None = None,
+                    ) -> Iterator[BatchEnd]:
     """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
-    caller can report progress and stop between batches."""
+    caller can report progress and stop between batches. ``lesion`` = (head, masks, mask_known,
+    weight) adds the auxiliary lesion-map loss."""
     model.train()
     batches = math.ceil(len(order) / batch_size)
     for batch, rows in enumerate(np.array_split(order, batches), start=1):
         started = time.perf_counter()
         batch_images = images[rows]
+        batch_masks = lesion[1][rows] if lesion else None
         if augment:  # drawn afresh every batch, after the cached deterministic preprocessing
-            batch_images = augment_batch(batch_images, rng, augment)
+            batch_images, batch_masks = augment_batch(batch_images, rng, augment, batch_masks)
         x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(batch_images)).to(device))
         loss = criterion(model(x), torch.from_numpy(labels[rows]).to(device))
+        if lesion:
+            head, _, known, weight = lesion
+            loss = loss + weight * head.loss(torch.from_numpy(np.ascontiguousarray(batch_masks)).to(device),
+                                             torch.from_numpy(known[rows]).float().to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -310,11 +377,13 @@ def _augmentation_policy(config: TrainConfig) -> str | None:
     return "flip" if config.flip else None
 
 
-def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _optimiser(model: nn.Module, config: TrainConfig, head: nn.Module | None = None,
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    parameters = [*model.parameters(), *(head.parameters() if head else ())]
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(parameters, config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(parameters, config.lr, weight_decay=config.weight_decay)
     if config.schedule == "step":
         return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
     warmup, epochs = config.warmup_epochs, config.epochs
@@ -375,11 +444,14 @@ def train(
         model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
         weights = _class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        optimizer, scheduler = _optimiser(model, config)
+        head = _lesion_head(model, config.arch, preprocess.size, device) if config.mask_weight else None
+        optimizer, scheduler = _optimiser(model, config, head)
         if checkpoint:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
+            if head:
+                head.load_state_dict(checkpoint["lesion_head"])
 
         sample_weights = None
         if config.class_weighting == "sampler":
@@ -393,12 +465,13 @@ def train(
                 order = rng.permutation(train_rows)
             epoch_loss = 0.0
             for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
-                                         config.batch_size, device, _augmentation_policy(config), rng, epoch):
+                                         config.batch_size, device, _augmentation_policy(config), rng, epoch,
+                                         (head, data.masks, data.mask_known, config.mask_weight) if head else None):
                 epoch_loss += event.loss * event.size
                 yield emit(event)
                 if (run / STOP_FILE).exists():
                     # The epoch is incomplete: record the previous one so resume redoes this one.
-                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, stats, best)
+                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, stats, best, head)
                     (run / STOP_FILE).unlink(missing_ok=True)
                     yield emit(Stopped(epoch, "stop requested"))
                     return
@@ -409,7 +482,7 @@ def train(
             if summary["macro_f1"] > best[1]:
                 best = (epoch, summary["macro_f1"])
                 _save_atomic(run / BEST_CHECKPOINT, _model_state(model, config, preprocess, stats))
-            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best)
+            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best, head)
             elapsed = time.perf_counter() - started
             yield emit(EpochEnd(epoch, config.epochs, epoch_loss / len(train_rows), val_loss, summary["accuracy"],
                                 summary["macro_f1"], summary["malignant_recall"], lr,

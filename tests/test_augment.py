@@ -35,7 +35,7 @@ def test_gain_brightens_and_speckle_needs_a_seeded_generator():
 def test_ultrasound_policy_keeps_the_skin_line_at_the_top():
     gradient = np.repeat(np.linspace(255, 30, 64, dtype=np.float32)[:, None], 64, axis=1).astype(np.uint8)
     rng = np.random.default_rng(0)
-    augmented = augment_batch(np.stack([gradient] * 200), rng, "ultrasound")
+    augmented, _ = augment_batch(np.stack([gradient] * 200), rng, "ultrasound")
     assert augmented.shape == (200, 64, 64) and augmented.dtype == np.uint8
     assert (augmented[:, 8:24].mean(axis=(1, 2)) > augmented[:, 40:56].mean(axis=(1, 2))).all()
     drawn = [draw(rng, "ultrasound") for _ in range(500)]
@@ -48,3 +48,12 @@ def test_flip_policy_only_flips_and_unknown_policies_are_refused():
     assert drawn.angle == 0 and drawn.gain == 1 and drawn.speckle == 0
     with pytest.raises(ParameterError, match="policy must be one of"):
         draw(np.random.default_rng(1), "vertical")
+
+
+def test_masks_move_with_their_scans():
+    images = np.stack([_disc(centre=(20, 40))] * 20)
+    masks = np.where(images > 120, 255, 0).astype(np.uint8)
+    moved, moved_masks = augment_batch(images, np.random.default_rng(5), "ultrasound", masks)
+    for image, mask in zip(moved, moved_masks):
+        lesion = mask > 127
+        assert lesion.any() and image[lesion].mean() > image[~lesion].mean() + 50

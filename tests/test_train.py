@@ -16,6 +16,7 @@ from busi.train import (
     Done,
     EpochEnd,
     Failed,
+    LesionHead,
     Stopped,
     TrainConfig,
     load_checkpoint,
@@ -77,6 +78,38 @@ def test_ultrasound_augmentation_with_cosine_warm_up_trains(synthetic_dataset, t
     assert isinstance(events[-1], Done)
     rates = [e.lr for e in events if isinstance(e, EpochEnd)]
     assert rates[0] == pytest.approx(0.005) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
+
+
+def test_masks_supervise_training_only_and_resume_keeps_the_lesion_head(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, device="cpu", mask_weight=1.0, augment="ultrasound")
+    events = []
+    for event in train(synthetic_dataset, tmp_path, config, SMALL):
+        events.append(event)
+        if isinstance(event, EpochEnd):
+            (tmp_path / "STOP").touch()
+    assert isinstance(events[-1], Stopped)
+    last = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert set(last["lesion_head"]) == {"conv.weight", "conv.bias"}
+    assert not any(k.startswith("conv.") for k in load_checkpoint(tmp_path / "best.pt")["model"])
+    assert isinstance(list(train(synthetic_dataset, tmp_path, resume=True))[-1], Done)
+    model = build_model("resnet18", 3)
+    model.load_state_dict(load_checkpoint(tmp_path / "best.pt")["model"])  # a plain torchvision model
+
+
+def test_the_lesion_loss_counts_only_scans_with_known_masks():
+    stage = torch.nn.Identity()
+    head = LesionHead(stage, channels=1)
+    with torch.no_grad():
+        head.conv.weight.fill_(0.0)
+        head.conv.bias.fill_(5.0)  # predicts lesion everywhere
+    stage(torch.zeros(2, 1, 2, 2))
+    masks = torch.stack([torch.full((4, 4), 255), torch.zeros(4, 4)]).to(torch.uint8)  # all lesion, no lesion
+    confident_right, confident_wrong = np.log1p(np.exp(-5.0)), 5.0 + np.log1p(np.exp(-5.0))
+    assert head.loss(masks, torch.tensor([1.0, 0.0])).item() == pytest.approx(confident_right, rel=1e-4)
+    assert head.loss(masks, torch.tensor([0.0, 1.0])).item() == pytest.approx(confident_wrong, rel=1e-4)
+    assert head.loss(masks, torch.tensor([0.0, 0.0])).item() == 0.0
+    head.remove()
+    assert not stage._forward_hooks
 
 
 def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset, tmp_path):
