@@ -22,13 +22,12 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from busi.data import CLASSES, index_dataset
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
-from busi.metrics import MALIGNANT, confusion_matrix, wilson_interval
+from busi.metrics import MALIGNANT, calibration, confusion_matrix, wilson_interval
 from busi.predict import Classifier, load_classifier
 from busi.train import model_inputs
 
 SPLITS = ("test", "val", "train", "all")
 BOOTSTRAP_SAMPLES = 1000
-CALIBRATION_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -173,25 +172,6 @@ def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
     precision = true_positives / (last_of_each_threshold + 1)
     recall_gain = np.diff(np.r_[0, true_positives]) / hits.sum()
     return float((precision * recall_gain).sum())
-
-
-def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
-    """Expected calibration error of the top-class confidence, with its reliability bins."""
-    confidence = probabilities.max(1)
-    correct = probabilities.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        inside = which == b
-        count = int(inside.sum())
-        mean_confidence = float(confidence[inside].mean()) if count else math.nan
-        accuracy = float(correct[inside].mean()) if count else math.nan
-        if count:
-            ece += count / len(labels) * abs(accuracy - mean_confidence)
-        table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
-                      "confidence": mean_confidence, "accuracy": accuracy})
-    return {"ece": ece, "bins": table}
 
 
 def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | None = None,

@@ -17,10 +17,10 @@ from busi.errors import ParameterError
 
 
 class GradCam:
-    """``with GradCam(model, layer) as cam: heat, probabilities = cam(x, class_index)``.
+    """``with GradCam(model, layer) as cam: heat, logits = cam(x, class_index)``.
 
     ``x`` is one normalised model input (1, 3, H, W); ``heat`` is float32 (H, W) in [0, 1] at
-    the input's resolution (all zero when nothing supports the class).
+    the input's resolution (all zero when nothing supports the class); ``logits`` (C,) come along.
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
@@ -61,7 +61,7 @@ class GradCam:
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
         peak = cam.max()
         heat = (cam / peak if peak > 0 else cam).cpu().numpy().astype(np.float32)
-        return heat, torch.softmax(logits.detach(), 1)[0].cpu().numpy()
+        return heat, logits.detach()[0].cpu().numpy()
 
 
 def energy_inside(heat: np.ndarray, mask: np.ndarray) -> float:

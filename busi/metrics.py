@@ -9,6 +9,7 @@ import numpy as np
 from busi.data import CLASSES
 
 MALIGNANT = CLASSES.index("malignant")
+CALIBRATION_BINS = 10
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int = len(CLASSES)) -> np.ndarray:
@@ -42,3 +43,43 @@ def summarise(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "malignant_recall": float(recall[MALIGNANT]) if matrix[MALIGNANT].sum() else math.nan,
     }
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error of the top-class confidence, with its reliability bins."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        count = int(inside.sum())
+        mean_confidence = float(confidence[inside].mean()) if count else math.nan
+        accuracy = float(correct[inside].mean()) if count else math.nan
+        if count:
+            ece += count / len(labels) * abs(accuracy - mean_confidence)
+        table.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": count,
+                      "confidence": mean_confidence, "accuracy": accuracy})
+    return {"ece": ece, "bins": table}
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of ``logits / temperature``: probabilities (N, C). Log-probabilities work as
+    logits too (they differ by a per-row constant, which softmax ignores)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(1, keepdims=True)
+    exponentials = np.exp(scaled)
+    return exponentials / exponentials.sum(1, keepdims=True)
+
+
+def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
+    """The temperature (0.25 to 8) that minimises the negative log-likelihood of ``labels``:
+    temperature scaling, fitted on validation scans. It never changes which class is most
+    probable, only how confident the probabilities are."""
+    if not len(labels):
+        return 1.0
+    candidates = np.exp(np.linspace(np.log(0.25), np.log(8.0), 161))
+    rows = np.arange(len(labels))
+    losses = [-np.log(np.clip(apply_temperature(logits, t)[rows, labels], 1e-300, 1)).mean() for t in candidates]
+    return float(candidates[int(np.argmin(losses))])

@@ -31,6 +31,7 @@ from busi.imageio import (
     to_grey,
     write_atomic,
 )
+from busi.metrics import apply_temperature
 from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
 from busi.train import BEST_CHECKPOINT, CHECKPOINT, TrainConfig, load_checkpoint
@@ -77,6 +78,7 @@ class Classifier:
         self.preprocess = config_from_dict(PreprocessConfig, state["preprocess_config"])
         self.classes = tuple(state["classes"])
         self.input_stats = state.get("input_stats", {})
+        self.temperature = float(state.get("temperature", 1.0))  # fitted on validation scans when trained
         self.device = torch.device(device)
         self.pipeline = Pipeline(self.preprocess)
         model = build_model(self.train_config.arch, len(self.classes))
@@ -119,7 +121,8 @@ class Classifier:
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """float (N, C) for ready uint8 model inputs (N, size, size)."""
         with self._lock:
-            return torch.softmax(batched_logits(self.model, inputs, self.device, batch_size), 1).numpy()
+            logits = batched_logits(self.model, inputs, self.device, batch_size)
+        return torch.softmax(logits / self.temperature, 1).numpy()
 
     def explain(self, image: ImageInput, class_name: str | None = None) -> Explanation:
         """Grad-CAM for ``class_name`` (default: the predicted class) at the scan's resolution."""
@@ -130,7 +133,8 @@ class Classifier:
         x = to_model_tensor(torch.from_numpy(model_input[None]).to(self.device))
         layer = last_conv_stage(self.model, self.train_config.arch)
         with self._lock, GradCam(self.model, layer) as cam:
-            heat, probabilities = cam(x, None if class_name is None else self.classes.index(class_name))
+            heat, logits = cam(x, None if class_name is None else self.classes.index(class_name))
+        probabilities = apply_temperature(logits[None], self.temperature)[0]
         chosen = class_name or self.classes[int(probabilities.argmax())]
         heat = np.clip(to_scan_geometry(heat, grey.shape, keep_aspect=self.preprocess.keep_aspect), 0, 1)
         return Explanation(chosen, heat, grey, dict(zip(self.classes, map(float, probabilities))))

@@ -27,7 +27,7 @@ from busi.config import config_from_dict, config_to_dict
 from busi.data import CLASSES, DatasetIndex, index_dataset, load_mask, load_scan
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
-from busi.metrics import summarise
+from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
 from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, resize
 from busi.split import cross_validation_split, three_way_split, write_manifest
@@ -487,7 +487,7 @@ def train(
             yield emit(EpochEnd(epoch, config.epochs, epoch_loss / len(train_rows), val_loss, summary["accuracy"],
                                 summary["macro_f1"], summary["malignant_recall"], lr,
                                 elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)))
-        _write_predictions(run, model, data, device, config.batch_size, criterion)
+        _write_predictions(run, model, data, device, config.batch_size)
         yield emit(Done(*best))
     except BusiError as error:
         yield emit(Failed(str(error)))
@@ -497,15 +497,27 @@ def train(
         log.close()
 
 
-def _write_predictions(run: Path, model: nn.Module, data: _Data, device: torch.device, batch_size: int, criterion: nn.Module) -> None:
-    """predictions.csv (per scan: split, true class, probabilities) and metrics.json, best model."""
-    model.load_state_dict(load_checkpoint(run / BEST_CHECKPOINT)["model"])
-    _, probabilities = evaluate(model, criterion, data.images, data.labels, device, batch_size)
+def _write_predictions(run: Path, model: nn.Module, data: _Data, device: torch.device, batch_size: int) -> None:
+    """With the best model: temperature scaling fitted on the validation scans (saved with the
+    weights), then predictions.csv (per scan: split, true class, calibrated probabilities) and
+    metrics.json (with the calibration error before and after scaling)."""
+    state = load_checkpoint(run / BEST_CHECKPOINT)
+    model.load_state_dict(state["model"])
+    logits = batched_logits(model, data.images, device, batch_size).numpy()
+    validation = data.parts == "val"
+    temperature = fit_temperature(data.labels[validation], logits[validation])
+    _save_atomic(run / BEST_CHECKPOINT, state | {"temperature": temperature})
+    raw, probabilities = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
     lines = ["path,split,label," + ",".join(f"p_{c}" for c in CLASSES)]
     for path, part, label, row in zip(data.paths, data.parts, data.labels, probabilities):
         quoted = '"' + path.replace('"', '""') + '"'
         lines.append(f"{quoted},{part},{CLASSES[label]}," + ",".join(f"{p:.6f}" for p in row))
     write_atomic(run / "predictions.csv", "\n".join(lines) + "\n")
-    metrics = {part: summarise(data.labels[data.parts == part], probabilities[data.parts == part].argmax(1))
-               for part in ("train", "val", "test") if (data.parts == part).any()}
+    metrics: dict = {"temperature": temperature}
+    for part in ("train", "val", "test"):
+        rows = data.parts == part
+        if rows.any():
+            metrics[part] = summarise(data.labels[rows], probabilities[rows].argmax(1)) | {
+                "ece_before_scaling": calibration(data.labels[rows], raw[rows])["ece"],
+                "ece": calibration(data.labels[rows], probabilities[rows])["ece"]}
     _write_json(run / "metrics.json", metrics)

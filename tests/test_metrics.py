@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from busi.metrics import confusion_matrix, summarise, wilson_interval
+from busi.metrics import apply_temperature, calibration, confusion_matrix, fit_temperature, summarise, wilson_interval
 
 
 def test_confusion_matrix_rows_are_truth():
@@ -28,3 +28,20 @@ def test_wilson_interval_matches_the_textbook():
     assert (round(low, 3), round(high, 3)) == (0.722, 0.875)  # p=0.81, n=100, z=1.96
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_temperature_scaling_calibrates_an_overconfident_model_without_changing_its_choices():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    right = rng.random(400) < 0.7  # 70 % correct ...
+    predicted = np.where(right, labels, (labels + 1) % 3)
+    probabilities = np.full((400, 3), 0.01)
+    probabilities[np.arange(400), predicted] = 0.98  # ... but 98 % confident
+    logits = np.log(probabilities)
+    temperature = fit_temperature(labels, logits)
+    calibrated = apply_temperature(logits, temperature)
+    assert temperature > 1.5
+    assert (calibrated.argmax(1) == probabilities.argmax(1)).all()
+    assert np.allclose(calibrated.sum(1), 1)
+    assert calibration(labels, calibrated)["ece"] < 0.05 < calibration(labels, probabilities)["ece"]
+    assert np.allclose(apply_temperature(logits, 1.0), probabilities / probabilities.sum(1, keepdims=True))

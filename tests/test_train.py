@@ -43,6 +43,9 @@ def test_training_yields_events_in_order_and_fills_the_run_folder(synthetic_data
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["arch"] == "resnet18" and config["preprocess"]["size"] == 32
     assert (tmp_path / "predictions.csv").read_text().count("\n") == 19
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0.25 <= metrics["temperature"] <= 8
+    assert {"accuracy", "macro_f1", "malignant_recall", "ece", "ece_before_scaling"} <= set(metrics["test"])
 
 
 def test_reloaded_best_model_reproduces_its_predictions(synthetic_dataset, tmp_path):
@@ -55,7 +58,8 @@ def test_reloaded_best_model_reproduces_its_predictions(synthetic_dataset, tmp_p
     path = line.split('"')[1]
     image = Pipeline(preprocess).model_input(read_scan(synthetic_dataset / path))
     with torch.no_grad():
-        probabilities = torch.softmax(model(to_model_tensor(torch.from_numpy(image[None]))), 1)[0].numpy()
+        logits = model(to_model_tensor(torch.from_numpy(image[None])))
+    probabilities = torch.softmax(logits / state["temperature"], 1)[0].numpy()
     expected = np.array([float(v) for v in line.split(",")[-3:]])
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
