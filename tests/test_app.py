@@ -124,6 +124,14 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
     assert "Finished" in app.success[0].value
 
 
+def test_choosing_a_recipe_fills_the_form(runs):
+    app = open_page("training")
+    assert widget(app, "tr_arch").value == "resnet50" and widget(app, "tr_epochs").value == 10
+    widget(app, "tr_recipe").select("best").run()
+    assert widget(app, "tr_arch").value == "resnet18" and widget(app, "tr_image_size").value == 128
+    assert widget(app, "tr_optimizer").value == "adamw" and not app.exception
+
+
 def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monkeypatch):
     from busi.jobs import start_training
     from busi.preprocess import PreprocessConfig
