@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-from busi.evaluate import report, run_predictions
+from busi.evaluate import decide, operating_point, report, run_predictions, threshold_for_sensitivity
+from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperature
 from busi.recipes import RECIPES, recipe
 from busi.train import Done, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
+TARGET_SENSITIVITY = 0.9
 
 
 def _train_fold(data: Path, run: Path, config, preprocess) -> float:
@@ -36,6 +39,19 @@ def _train_fold(data: Path, run: Path, config, preprocess) -> float:
     if not isinstance(events[-1], Done):
         raise SystemExit(f"{run}: {events[-1]}")
     return time.perf_counter() - started
+
+
+def _calibrated(run: Path, test, validation) -> tuple[np.ndarray, float]:
+    """Test probabilities after temperature scaling, and the test ECE before it. Runs made
+    before the engine calibrated (no 'temperature' in metrics.json) are scaled here, fitting on
+    their validation scans exactly as the engine does (log-probabilities stand in for logits)."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    if "temperature" in metrics:
+        return test.probabilities, metrics["test"]["ece_before_scaling"]
+    log_validation = np.log(np.clip(validation.probabilities, 1e-12, 1))
+    temperature = fit_temperature(validation.labels, log_validation)
+    calibrated = apply_temperature(np.log(np.clip(test.probabilities, 1e-12, 1)), temperature)
+    return calibrated, calibration(test.labels, test.probabilities)["ece"]
 
 
 def main() -> None:
@@ -62,24 +78,33 @@ def main() -> None:
     variant = "".join(f"-{item}" for item in sorted(args.set))
     out = OUT / f"accuracy-{args.recipe}{variant}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
 
-    rows, labels, probabilities, groups = [], [], [], []
+    rows, labels, probabilities, groups, flagged = [], [], [], [], []
     for fold in folds:
         run = out / f"fold-{fold}"
         seconds = _train_fold(args.data, run, dataclasses.replace(config, fold=fold), preprocess)
-        predictions = run_predictions(run, "test")
-        result = report(predictions.labels, predictions.probabilities, groups=predictions.groups, samples=200)
+        test, validation = run_predictions(run, "test"), run_predictions(run, "val")
+        calibrated, ece_before = _calibrated(run, test, validation)
+        result = report(test.labels, calibrated, groups=test.groups, samples=200)
+        # The malignant threshold is chosen on validation scans only, then applied to the test fold.
+        threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
+        point = operating_point(test.labels, calibrated, threshold)
         rows.append({"fold": fold, "n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_avg"]["f1"],
                      "malignant_recall": result["per_class"]["malignant"]["recall"],
                      "benign_recall": result["per_class"]["benign"]["recall"],
                      "normal_recall": result["per_class"]["normal"]["recall"],
-                     "ece": result["calibration"]["ece"], "minutes": seconds / 60})
-        labels.append(predictions.labels)
-        probabilities.append(predictions.probabilities)
-        groups.append(predictions.groups)
+                     "sens@thr": point["sensitivity"], "spec@thr": point["specificity"],
+                     "ece_before": ece_before, "ece": result["calibration"]["ece"], "minutes": seconds / 60})
+        labels.append(test.labels)
+        probabilities.append(calibrated)
+        groups.append(test.groups)
+        flagged.append(decide(calibrated, threshold) == MALIGNANT)
 
-    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "ece", "minutes"]
+    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "sens@thr", "spec@thr",
+               "ece_before", "ece", "minutes"]
     print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}")
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
+    print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
+          f"sensitivity {TARGET_SENSITIVITY})")
     for row in rows:
         print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in columns))
     if len(rows) > 1:
@@ -92,6 +117,13 @@ def main() -> None:
           f"[{pooled['macro_avg']['f1_ci'][0]:.3f}, {pooled['macro_avg']['f1_ci'][1]:.3f}], malignant recall "
           f"{malignant['recall']:.3f} [{malignant['recall_ci'][0]:.3f}, {malignant['recall_ci'][1]:.3f}], "
           f"ECE {pooled['calibration']['ece']:.3f}")
+    flagged_all, truth = np.concatenate(flagged), np.concatenate(labels) == MALIGNANT
+    sensitivity, specificity = flagged_all[truth].mean(), (~flagged_all[~truth]).mean()
+    print(f"pooled at the validation-chosen thresholds: malignant sensitivity {sensitivity:.3f}, specificity {specificity:.3f}")
+    for name in ("benign", "malignant", "normal"):
+        row = pooled["per_class"][name]
+        print(f"  {name:9} recall {row['recall']:.3f} [{row['recall_ci'][0]:.3f}, {row['recall_ci'][1]:.3f}] "
+              f"precision {row['precision']:.3f} f1 {row['f1']:.3f}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,18 @@ def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndar
     return np.where(probabilities[:, MALIGNANT] >= threshold, MALIGNANT, others.argmax(1))
 
 
+def threshold_for_sensitivity(labels: np.ndarray, probabilities: np.ndarray, target: float = 0.9) -> float:
+    """The highest malignant threshold whose sensitivity on these (validation) scans reaches
+    ``target``: as many alarms as needed to miss at most 1 - target of the cancers, no more."""
+    if not 0 < target <= 1:
+        raise ParameterError(f"target sensitivity must be in (0, 1], got {target}.")
+    scores = np.sort(probabilities[labels == MALIGNANT, MALIGNANT])[::-1]
+    if not len(scores):
+        return 0.5
+    needed = math.ceil(target * len(scores))  # cancers that must reach the threshold
+    return float(scores[needed - 1])
+
+
 def cell_rows(labels: np.ndarray, predicted: np.ndarray, true_class: int, predicted_class: int) -> np.ndarray:
     """Row numbers of the scans in one confusion-matrix cell."""
     return np.flatnonzero((labels == true_class) & (predicted == predicted_class))

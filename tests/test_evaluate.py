@@ -19,6 +19,7 @@ from busi.evaluate import (
     report_json,
     roc_auc,
     run_predictions,
+    threshold_for_sensitivity,
 )
 
 # Rows are scans; columns p(benign), p(malignant), p(normal). Argmax gives 0,1,1,1,2,0.
@@ -79,6 +80,18 @@ def test_fast_auc_and_average_precision_equal_sklearn(seed):
     assert roc_auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
     assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
     assert np.isnan(roc_auc(np.zeros(5, bool), scores[:5])) and np.isnan(average_precision(np.ones(5, bool), scores[:5]))
+
+
+def test_threshold_for_a_target_sensitivity():
+    labels = np.array([1, 1, 1, 1, 0, 2])
+    probabilities = np.zeros((6, 3))
+    probabilities[:, 1] = [0.9, 0.6, 0.3, 0.1, 0.5, 0.05]
+    assert threshold_for_sensitivity(labels, probabilities, 0.5) == pytest.approx(0.6)
+    assert threshold_for_sensitivity(labels, probabilities, 0.75) == pytest.approx(0.3)
+    assert threshold_for_sensitivity(labels, probabilities, 1.0) == pytest.approx(0.1)
+    assert operating_point(labels, probabilities, 0.3)["sensitivity"] == 0.75
+    with pytest.raises(ParameterError, match="target sensitivity"):
+        threshold_for_sensitivity(labels, probabilities, 0)
 
 
 def test_calibration_error_by_hand():
