@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from busi.cache import cached_inputs
 
@@ -14,9 +15,14 @@ def _counting(result):
     return compute, calls
 
 
-def test_inputs_are_computed_once_per_config_and_files(tmp_path):
-    scan = tmp_path / "scan.png"
-    scan.write_bytes(b"pixels")
+@pytest.fixture
+def scan(tmp_path):
+    path = tmp_path / "scan.png"
+    path.write_bytes(b"pixels")
+    return path
+
+
+def test_inputs_are_computed_once_per_config_and_files(scan, tmp_path):
     compute, calls = _counting(np.arange(6, dtype=np.uint8).reshape(1, 2, 3))
     first = cached_inputs('{"size": 2}', [scan], compute, tmp_path / "cache")
     again = cached_inputs('{"size": 2}', [scan], compute, tmp_path / "cache")
@@ -25,9 +31,7 @@ def test_inputs_are_computed_once_per_config_and_files(tmp_path):
     assert len(calls) == 2
 
 
-def test_an_edited_scan_is_preprocessed_again(tmp_path):
-    scan = tmp_path / "scan.png"
-    scan.write_bytes(b"pixels")
+def test_an_edited_scan_is_preprocessed_again(scan, tmp_path):
     compute, calls = _counting(np.zeros((1, 2, 2), np.uint8))
     cached_inputs("{}", [scan], compute, tmp_path / "cache")
     scan.write_bytes(b"other pixels")
@@ -35,9 +39,7 @@ def test_an_edited_scan_is_preprocessed_again(tmp_path):
     assert len(calls) == 2
 
 
-def test_a_damaged_cache_entry_is_recomputed(tmp_path):
-    scan = tmp_path / "scan.png"
-    scan.write_bytes(b"pixels")
+def test_a_damaged_cache_entry_is_recomputed(scan, tmp_path):
     compute, calls = _counting(np.ones((1, 2, 2), np.uint8))
     cached_inputs("{}", [scan], compute, tmp_path / "cache")
     (entry,) = (tmp_path / "cache" / "inputs").iterdir()
@@ -46,9 +48,7 @@ def test_a_damaged_cache_entry_is_recomputed(tmp_path):
     assert len(calls) == 2 and (result == 1).all()
 
 
-def test_an_unwritable_cache_warns_and_still_returns_the_inputs(tmp_path, recwarn):
-    scan = tmp_path / "scan.png"
-    scan.write_bytes(b"pixels")
+def test_an_unwritable_cache_warns_and_still_returns_the_inputs(scan, tmp_path, recwarn):
     blocked = tmp_path / "cache"
     blocked.write_text("a file where the cache folder should be")
     compute, _ = _counting(np.ones((1, 2, 2), np.uint8))
