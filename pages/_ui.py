@@ -16,9 +16,10 @@ from busi.errors import BusiError
 from busi.evaluate import evaluate_run
 from busi.imageio import read_scan
 from busi.jobs import default_runs_dir, list_runs
-from busi.predict import Classifier, load_classifier
+from busi.predict import Classifier, checkpoint_of, load_classifier
 from busi.preprocess import resize
 from busi.sources import DEMO_SOURCE, data_sources, resolve_data_folder
+from busi.train import BEST_CHECKPOINT, CHECKPOINT
 
 NOTICE = ("**Research demo, not a medical device.** Predictions and heatmaps must never be used "
           "for diagnosis or to guide patient care.")
@@ -111,7 +112,7 @@ def finished_runs():
 
 def usable_runs():
     return [run for run in list_runs(runs_dir()) if run.status != "running"
-            and ((run.path / "best.pt").is_file() or (run.path / "checkpoint.pt").is_file())]
+            and any((run.path / name).is_file() for name in (BEST_CHECKPOINT, CHECKPOINT))]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -122,11 +123,23 @@ def _classifier(checkpoint: str, modified: float) -> Classifier:
 def classifier(run: Path) -> Classifier | None:
     """The run's model, loaded once per checkpoint version and shared read-only by all sessions."""
     try:
-        checkpoint = run / "best.pt" if (run / "best.pt").is_file() else run / "checkpoint.pt"
+        checkpoint = checkpoint_of(run)
         return _classifier(str(checkpoint), os.path.getmtime(checkpoint))
     except (BusiError, OSError) as error:
         st.error(f"Cannot load the model of {run.name}: {error}")
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _heat(checkpoint: str, modified: float, scan: str, class_name: str) -> np.ndarray:
+    return _classifier(checkpoint, modified).explain(Path(scan), class_name).heat
+
+
+def dataset_heatmap(run: Path, scan: Path, class_name: str) -> np.ndarray:
+    """Grad-CAM of a dataset scan (not an upload: those are never cached), computed once per
+    model version, scan and class rather than on every rerun of a gallery."""
+    checkpoint = checkpoint_of(run)
+    return _heat(str(checkpoint), os.path.getmtime(checkpoint), str(scan), class_name)
 
 
 @st.cache_data(show_spinner="Evaluating…", max_entries=8)

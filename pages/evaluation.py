@@ -78,18 +78,22 @@ if index is None:
     right.warning(f"The scans are not readable at '{predictions.data_dir}' any more: the gallery cannot show them.")
 
 
-def show_scan(column, position: int, caption: str, with_cam: bool = True) -> None:
-    """One scan with its mask overlay and (optionally) Grad-CAM of the predicted class."""
+def show_scan(column, position: int, caption: str) -> None:
+    """One scan with its mask outline, and Grad-CAM of the predicted class with the share of
+    its heat inside the lesion."""
     record = index.record(predictions.paths[position])
     scan = load_scan(record)
     mask = load_mask(record) if record.mask_paths else None
     column.image(overlay(scan, mask, style="contour") if mask is not None and mask.shape == scan.shape else scan,
                  caption=caption, width="stretch")
-    model = _ui.classifier(run) if with_cam else None
-    if model is not None:
-        explanation = model.explain(scan, CLASSES[predicted[position]])
-        score = f", {energy_inside(explanation.heat, mask):.0%} of the heat inside the lesion" if mask is not None and mask.any() else ""
-        column.image(heatmap_overlay(scan, explanation.heat), caption=f"Grad-CAM ({explanation.class_name}){score}", width="stretch")
+    class_name = CLASSES[predicted[position]]
+    try:
+        heat = _ui.dataset_heatmap(run, record.path, class_name)
+    except BusiError as error:
+        column.error(f"No Grad-CAM: {error}")
+        return
+    score = f", {energy_inside(heat, mask):.0%} of the heat inside the lesion" if mask is not None and mask.any() else ""
+    column.image(heatmap_overlay(scan, heat), caption=f"Grad-CAM ({class_name}){score}", width="stretch")
 
 
 with right:
@@ -132,12 +136,19 @@ rows = [{"path": path, "label": CLASSES[label], "predicted": CLASSES[guess],
          **{f"p_{c}": f"{p:.6f}" for c, p in zip(CLASSES, probs)}}
         for path, label, guess, probs in zip(predictions.paths, predictions.labels, predicted, predictions.probabilities)]
 exports = st.columns(3)
-exports[0].download_button("Report (JSON)", report_json(result | {"operating_point": point}), f"{run.name}-report.json",
-                           "application/json", key="ev_export_json")
-exports[1].download_button("Predictions (CSV)", rows_to_csv(rows), f"{run.name}-predictions.csv", "text/csv",
+# Built only when clicked: the figures file embeds plotly.js (megabytes) and would otherwise be
+# rebuilt and sent to the browser on every slider move.
+exports[0].download_button("Report (JSON)", lambda: report_json(result | {"operating_point": point}),
+                           f"{run.name}-report.json", "application/json", key="ev_export_json")
+exports[1].download_button("Predictions (CSV)", lambda: rows_to_csv(rows), f"{run.name}-predictions.csv", "text/csv",
                            key="ev_export_csv")
-html = "".join(figure.to_html(full_html=False, include_plotlyjs=i == 0) for i, figure in enumerate([
-    figures.confusion_matrix(point["confusion_matrix"], CLASSES), figures.roc_curves(result["roc"]),
-    figures.pr_curves(result["pr"]), figures.reliability(result["calibration"])]))
-exports[2].download_button("Figures (HTML)", f"<html><body>{html}</body></html>", f"{run.name}-figures.html", "text/html",
-                           key="ev_export_figures")
+
+
+def figures_html() -> str:
+    parts = [figure.to_html(full_html=False, include_plotlyjs=i == 0) for i, figure in enumerate([
+        figures.confusion_matrix(point["confusion_matrix"], CLASSES), figures.roc_curves(result["roc"]),
+        figures.pr_curves(result["pr"]), figures.reliability(result["calibration"])])]
+    return f"<html><body>{''.join(parts)}</body></html>"
+
+
+exports[2].download_button("Figures (HTML)", figures_html, f"{run.name}-figures.html", "text/html", key="ev_export_figures")

@@ -43,16 +43,28 @@ if not uploads:
     st.info("Upload one or more breast ultrasound scans.")
     st.stop()
 opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="pr_opacity")
+# Results live in this session only, for the uploads still present: moving the slider must not
+# rerun the model, and no other session may ever see them.
+previous = st.session_state.get("pr_results", {})
+results = {}
+for upload in uploads:
+    key = (upload.file_id, str(classifier.source))
+    if key not in previous:
+        try:
+            previous[key] = (classifier.predict(upload.getvalue()), classifier.explain(upload.getvalue()))
+        except BusiError as error:
+            previous[key] = error
+    results[key] = previous[key]
+st.session_state["pr_results"] = results
+
 for number, upload in enumerate(uploads):
     st.divider()
     st.subheader(upload.name)
-    try:
-        data = upload.getvalue()
-        prediction = classifier.predict(data)
-        explanation = classifier.explain(data)
-    except BusiError as error:
-        st.error(f"{upload.name}: {error}")
+    outcome = results[(upload.file_id, str(classifier.source))]
+    if isinstance(outcome, BusiError):
+        st.error(f"{upload.name}: {outcome}")
         continue
+    prediction, explanation = outcome
     for warning in prediction.warnings:
         st.warning(warning, icon=":material/report:")
     columns = st.columns([1, 1, 1])

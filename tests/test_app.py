@@ -204,3 +204,17 @@ def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
     assert any("empty.png" in e.value and "empty" in e.value for e in app.error)
     widget(app, "pr_opacity").set_value(0.9).run()
     assert not app.exception
+
+
+def test_moving_the_heatmap_slider_does_not_rerun_the_model(runs_with_model, monkeypatch):
+    from busi.predict import Classifier
+
+    calls = []
+    original = Classifier.predict
+    monkeypatch.setattr(Classifier, "predict", lambda self, image: calls.append(1) or original(self, image))
+    app = open_page("prediction")
+    scan = png_bytes(synth.make_phantom("benign", 5, (96, 96))[0])
+    widget(app, "pr_uploads").set_value([("scan.png", scan, "image/png")]).run()
+    widget(app, "pr_opacity").set_value(0.2).run()
+    widget(app, "pr_opacity").set_value(0.7).run()
+    assert len(calls) == 1 and not app.exception

@@ -16,7 +16,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from busi import synth
@@ -24,10 +23,15 @@ from tests.conftest import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-playwright_api = pytest.importorskip("playwright.sync_api") if not os.environ.get("BUSI_REQUIRE_BROWSER") else \
-    __import__("playwright.sync_api", fromlist=["sync_playwright"])
+REQUIRED = bool(os.environ.get("BUSI_REQUIRE_BROWSER"))
+try:
+    from playwright import sync_api as playwright_api
+except ImportError:
+    if REQUIRED:
+        raise
+    pytest.skip("Playwright is not installed (pip install -r requirements-dev.txt)", allow_module_level=True)
 if not CHROMIUM.exists():
-    if os.environ.get("BUSI_REQUIRE_BROWSER"):
+    if REQUIRED:
         raise RuntimeError("BUSI_REQUIRE_BROWSER is set but /usr/bin/chromium is missing: apt-get install chromium")
     pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
@@ -220,4 +224,3 @@ def test_uploads_are_never_written_to_disk_or_logged(server, browser, tmp_path):
     after = _listing(*watched)
     assert after == before, sorted(after - before)
     assert "patient-4711" not in (server["base"] / "server.log").read_text()
-    assert np.asarray(pixels).size  # the upload was a real scan, not an empty file
