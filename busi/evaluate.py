@@ -22,7 +22,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from busi.data import CLASSES, index_dataset
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
-from busi.metrics import MALIGNANT, calibration, confusion_matrix, wilson_interval
+from busi.metrics import MALIGNANT, calibration, confusion_matrix, f1_scores, wilson_interval
 from busi.predict import Classifier, load_classifier
 from busi.train import model_inputs
 
@@ -134,13 +134,6 @@ def operating_point(labels: np.ndarray, probabilities: np.ndarray, threshold: fl
     }
 
 
-def _f1_scores(matrix: np.ndarray) -> np.ndarray:
-    true_positive = np.diag(matrix).astype(float)
-    predicted, actual = matrix.sum(0), matrix.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(predicted + actual > 0, 2 * true_positive / (predicted + actual), 0.0)
-
-
 def _bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
     """Row numbers of each resample, drawing whole groups with replacement."""
     rng = np.random.default_rng(seed)
@@ -196,9 +189,9 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
     predicted = decide(probabilities, threshold)
     matrix = confusion_matrix(labels, predicted)
     support, predicted_counts, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
-    f1 = _f1_scores(matrix)
+    f1 = f1_scores(matrix)
     resamples = _bootstrap_rows(np.arange(len(labels)) if groups is None else np.asarray(groups), samples, seed)
-    boot_f1 = np.array([_f1_scores(confusion_matrix(labels[rows], predicted[rows])) for rows in resamples])
+    boot_f1 = np.array([f1_scores(confusion_matrix(labels[rows], predicted[rows])) for rows in resamples])
     boot_macro = [float(row[support > 0].mean()) for row in boot_f1]
 
     per_class, roc, pr = {}, {}, {}

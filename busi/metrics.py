@@ -29,19 +29,22 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def f1_scores(matrix: np.ndarray) -> np.ndarray:
+    """Per-class F1 from a confusion matrix: 2 TP / (predicted + actual), 0 where both are 0."""
+    true_positive = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(0), matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(predicted + actual > 0, 2 * true_positive / (predicted + actual), 0.0)
+
+
 def summarise(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and malignant recall: the numbers tracked while training."""
     matrix = confusion_matrix(truth, predicted)
-    true_positive = np.diag(matrix).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(matrix.sum(0) > 0, true_positive / matrix.sum(0), 0.0)
-        recall = np.where(matrix.sum(1) > 0, true_positive / matrix.sum(1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = matrix.sum(1) > 0  # classes absent from the truth do not drag the average
     return {
-        "accuracy": float(true_positive.sum() / max(1, matrix.sum())),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "malignant_recall": float(recall[MALIGNANT]) if matrix[MALIGNANT].sum() else math.nan,
+        "accuracy": float(np.trace(matrix) / max(1, matrix.sum())),
+        "macro_f1": float(f1_scores(matrix)[present].mean()) if present.any() else 0.0,
+        "malignant_recall": float(matrix[MALIGNANT, MALIGNANT] / matrix[MALIGNANT].sum()) if present[MALIGNANT] else math.nan,
     }
 
 
