@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from busi.augment import augment_batch
 from busi.cache import cached_inputs
@@ -59,6 +60,7 @@ class TrainConfig:
     augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle)
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
     seed: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ParameterError(f"mask_weight must be 0 or more, got {self.mask_weight}.")
         if not 0 <= self.label_smoothing < 1:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if not 0 <= self.ema < 1:
+            raise ParameterError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}.")
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -294,14 +298,14 @@ def _model_state(model: nn.Module, config: TrainConfig, preprocess: PreprocessCo
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig,
                      preprocess: PreprocessConfig, stats: dict[str, float], best: tuple[int, float],
-                     head: nn.Module | None = None) -> None:
+                     head: nn.Module | None = None, averaged: AveragedModel | None = None) -> None:
     state = _model_state(model, config, preprocess, stats) | {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,
         "best_epoch": best[0],
         "best_val_macro_f1": best[1],
-    } | ({"lesion_head": head.state_dict()} if head else {})
+    } | ({"lesion_head": head.state_dict()} if head else {}) | ({"ema": averaged.state_dict()} if averaged else {})
     _save_atomic(path, state)
 
 
@@ -341,10 +345,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
                     labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
                     rng: np.random.Generator, epoch: int, lesion: tuple[LesionHead, np.ndarray, np.ndarray, float] | None = None,
-                    ) -> Iterator[BatchEnd]:
+                    averaged: AveragedModel | None = None) -> Iterator[BatchEnd]:
     """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
     caller can report progress and stop between batches. ``lesion`` = (head, masks, mask_known,
-    weight) adds the auxiliary lesion-map loss."""
+    weight) adds the auxiliary lesion-map loss; ``averaged`` follows the weights after every step."""
     model.train()
     batches = math.ceil(len(order) / batch_size)
     for batch, rows in enumerate(np.array_split(order, batches), start=1):
@@ -362,6 +366,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged:
+            averaged.update_parameters(model)
         yield BatchEnd(epoch, batch, batches, loss.item(), len(rows) / (time.perf_counter() - started), len(rows))
 
 
@@ -442,6 +448,12 @@ def train(
         _write_json(run / "environment.json", _environment(device))
 
         model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
+        # Trained from scratch on a few hundred scans, the weights swing from epoch to epoch
+        # (validation accuracy moved by 30 points between neighbours); their average does not.
+        # Copied before the lesion head hooks the model, so the copy carries no hook.
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
+            if config.ema else None
+        scored = averaged.module if averaged else model
         weights = _class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
         head = _lesion_head(model, config.arch, preprocess.size, device) if config.mask_weight else None
@@ -452,6 +464,8 @@ def train(
             scheduler.load_state_dict(checkpoint["scheduler"])
             if head:
                 head.load_state_dict(checkpoint["lesion_head"])
+            if averaged:
+                averaged.load_state_dict(checkpoint["ema"])
 
         sample_weights = None
         if config.class_weighting == "sampler":
@@ -466,23 +480,25 @@ def train(
             epoch_loss = 0.0
             for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
                                          config.batch_size, device, _augmentation_policy(config), rng, epoch,
-                                         (head, data.masks, data.mask_known, config.mask_weight) if head else None):
+                                         (head, data.masks, data.mask_known, config.mask_weight) if head else None,
+                                         averaged):
                 epoch_loss += event.loss * event.size
                 yield emit(event)
                 if (run / STOP_FILE).exists():
                     # The epoch is incomplete: record the previous one so resume redoes this one.
-                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, stats, best, head)
+                    _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch - 1, config, preprocess, stats, best,
+                                     head, averaged)
                     (run / STOP_FILE).unlink(missing_ok=True)
                     yield emit(Stopped(epoch, "stop requested"))
                     return
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            val_loss, probabilities = evaluate(model, criterion, data.images[val_rows], data.labels[val_rows], device, config.batch_size)
+            val_loss, probabilities = evaluate(scored, criterion, data.images[val_rows], data.labels[val_rows], device, config.batch_size)
             summary = summarise(data.labels[val_rows], probabilities.argmax(1))
             if summary["macro_f1"] > best[1]:
                 best = (epoch, summary["macro_f1"])
-                _save_atomic(run / BEST_CHECKPOINT, _model_state(model, config, preprocess, stats))
-            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best, head)
+                _save_atomic(run / BEST_CHECKPOINT, _model_state(scored, config, preprocess, stats))
+            _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best, head, averaged)
             elapsed = time.perf_counter() - started
             yield emit(EpochEnd(epoch, config.epochs, epoch_loss / len(train_rows), val_loss, summary["accuracy"],
                                 summary["macro_f1"], summary["malignant_recall"], lr,

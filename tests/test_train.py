@@ -100,6 +100,30 @@ def test_masks_supervise_training_only_and_resume_keeps_the_lesion_head(syntheti
     model.load_state_dict(load_checkpoint(tmp_path / "best.pt")["model"])  # a plain torchvision model
 
 
+def test_the_weight_average_is_what_gets_scored_and_saved(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, lr=0.01, device="cpu", ema=0.9)
+    events = list(train(synthetic_dataset, tmp_path, config, SMALL))
+    batches = sum(isinstance(e, BatchEnd) for e in events)
+    last = load_checkpoint(tmp_path / "checkpoint.pt")
+    raw, averaged = last["model"], last["ema"]
+    assert averaged["n_averaged"].item() == batches  # one update per optimiser step
+    assert not torch.equal(raw["conv1.weight"], averaged["module.conv1.weight"])
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    assert all(torch.equal(best[name], averaged["module." + name]) for name in best)
+
+
+def test_resume_continues_the_weight_average(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", ema=0.9)
+    batches = 0
+    for event in train(synthetic_dataset, tmp_path, config, SMALL):
+        batches += isinstance(event, BatchEnd)
+        if isinstance(event, EpochEnd):
+            (tmp_path / "STOP").touch()
+    assert isinstance(list(train(synthetic_dataset, tmp_path, resume=True))[-1], Done)
+    per_epoch = batches - 1  # the stop came after the first batch of epoch 2
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["ema"]["n_averaged"].item() == 2 * per_epoch + 1
+
+
 def test_the_lesion_loss_counts_only_scans_with_known_masks():
     stage = torch.nn.Identity()
     head = LesionHead(stage, channels=1)
@@ -166,7 +190,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
-     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs")],
+     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
