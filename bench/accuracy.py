@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.accuracy --recipe study --folds 5 [--only 0,1] [--data ../shared/busi]
     .venv/bin/python -m bench.accuracy --recipe study --folds 0      # the single 72/13/15 split
+    .venv/bin/python -m bench.accuracy --recipe best --folds 5 --tta  # the same models, flip-averaged
 
 Each fold trains into ``bench/out/accuracy-RECIPE/fold-K`` (a normal run folder; an existing
 finished fold is reused, so an interrupted benchmark resumes) and is scored on its held-out
@@ -20,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.evaluate import decide, operating_point, report, run_predictions, threshold_for_sensitivity
+from busi.data import index_dataset, load_scan
+from busi.evaluate import Predictions, decide, operating_point, report, run_predictions, threshold_for_sensitivity
 from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperature
+from busi.model import batched_logits
+from busi.predict import load_classifier
 from busi.recipes import RECIPES, recipe
 from busi.train import Done, train
 
@@ -54,6 +58,23 @@ def _calibrated(run: Path, test, validation) -> tuple[np.ndarray, float]:
     return calibrated, calibration(test.labels, test.probabilities)["ece"]
 
 
+def _flip_averaged(run: Path, test: Predictions, validation: Predictions) -> tuple[Predictions, Predictions, float]:
+    """Test-time augmentation: the run's model on each scan and on its mirror image, logits
+    averaged, then temperature-scaled afresh on the validation scans; with the test ECE before
+    that scaling."""
+    classifier = load_classifier(run)
+    index = index_dataset(test.data_dir)
+    logits = []
+    for part in (test, validation):
+        inputs = np.stack([classifier.pipeline.model_input(load_scan(index.record(path))) for path in part.paths])
+        logits.append(sum(batched_logits(classifier.model, view, classifier.device, 32).numpy()
+                          for view in (inputs, np.ascontiguousarray(inputs[:, :, ::-1]))) / 2)
+    temperature = fit_temperature(validation.labels, logits[1])
+    test, validation = (dataclasses.replace(part, probabilities=apply_temperature(part_logits, temperature))
+                        for part, part_logits in zip((test, validation), logits))
+    return test, validation, calibration(test.labels, apply_temperature(logits[0], 1.0))["ece"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="study")
@@ -62,6 +83,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tta", action="store_true", help="score each fold's model on scans and their mirror images")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one training setting, for ablations (e.g. --set mask_weight=0)")
     args = parser.parse_args()
@@ -83,7 +105,11 @@ def main() -> None:
         run = out / f"fold-{fold}"
         seconds = _train_fold(args.data, run, dataclasses.replace(config, fold=fold), preprocess)
         test, validation = run_predictions(run, "test"), run_predictions(run, "val")
-        calibrated, ece_before = _calibrated(run, test, validation)
+        if args.tta:
+            test, validation, ece_before = _flip_averaged(run, test, validation)
+            calibrated = test.probabilities
+        else:
+            calibrated, ece_before = _calibrated(run, test, validation)
         result = report(test.labels, calibrated, groups=test.groups, samples=200)
         # The malignant threshold is chosen on validation scans only, then applied to the test fold.
         threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
@@ -101,7 +127,7 @@ def main() -> None:
 
     columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "sens@thr", "spec@thr",
                "ece_before", "ece", "minutes"]
-    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}")
+    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else ""))
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
           f"sensitivity {TARGET_SENSITIVITY})")
