@@ -61,6 +61,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
+    mixup: float = 0.0  # alpha of the Beta distribution of mixup's blend share; 0 = off
     seed: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 <= self.ema < 1:
             raise ParameterError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}.")
+        if self.mixup < 0:
+            raise ParameterError(f"mixup must be 0 (off) or more, got {self.mixup}.")
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -345,10 +348,12 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
                     labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
                     rng: np.random.Generator, epoch: int, lesion: tuple[LesionHead, np.ndarray, np.ndarray, float] | None = None,
-                    averaged: AveragedModel | None = None) -> Iterator[BatchEnd]:
+                    averaged: AveragedModel | None = None, mixup: float = 0.0) -> Iterator[BatchEnd]:
     """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
     caller can report progress and stop between batches. ``lesion`` = (head, masks, mask_known,
-    weight) adds the auxiliary lesion-map loss; ``averaged`` follows the weights after every step."""
+    weight) adds the auxiliary lesion-map loss; ``averaged`` follows the weights after every step;
+    ``mixup`` > 0 trains on blends of two scans (Zhang et al. 2018), the blend share drawn from
+    Beta(mixup, mixup), with the same blend of their labels and lesion maps."""
     model.train()
     batches = math.ceil(len(order) / batch_size)
     for batch, rows in enumerate(np.array_split(order, batches), start=1):
@@ -358,11 +363,23 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         if augment:  # drawn afresh every batch, after the cached deterministic preprocessing
             batch_images, batch_masks = augment_batch(batch_images, rng, augment, batch_masks)
         x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(batch_images)).to(device))
-        loss = criterion(model(x), torch.from_numpy(labels[rows]).to(device))
+        targets = torch.from_numpy(labels[rows]).to(device)
+        share, partner = (float(rng.beta(mixup, mixup)), torch.from_numpy(rng.permutation(len(rows))).to(device)) \
+            if mixup else (1.0, None)
+
+        def blend(values: torch.Tensor) -> torch.Tensor:
+            return values if partner is None else share * values + (1 - share) * values[partner]
+
+        outputs = model(blend(x))
+        # Cross-entropy is linear in the target, so the loss of the blended label is the blend of the two losses.
+        loss = criterion(outputs, targets) if partner is None else \
+            share * criterion(outputs, targets) + (1 - share) * criterion(outputs, targets[partner])
         if lesion:
             head, _, known, weight = lesion
-            loss = loss + weight * head.loss(torch.from_numpy(np.ascontiguousarray(batch_masks)).to(device),
-                                             torch.from_numpy(known[rows]).float().to(device))
+            masks = torch.from_numpy(np.ascontiguousarray(batch_masks)).to(device).float()
+            mask_known = torch.from_numpy(known[rows]).float().to(device)
+            # A blend has a known lesion map only when both its scans do.
+            loss = loss + weight * head.loss(blend(masks), mask_known if partner is None else mask_known * mask_known[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -481,7 +498,7 @@ def train(
             for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
                                          config.batch_size, device, _augmentation_policy(config), rng, epoch,
                                          (head, data.masks, data.mask_known, config.mask_weight) if head else None,
-                                         averaged):
+                                         averaged, config.mixup):
                 epoch_loss += event.loss * event.size
                 yield emit(event)
                 if (run / STOP_FILE).exists():

@@ -22,6 +22,7 @@ from busi.train import (
     load_checkpoint,
     read_events,
     train,
+    train_one_epoch,
 )
 
 TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", seed=1)
@@ -85,7 +86,8 @@ def test_ultrasound_augmentation_with_cosine_warm_up_trains(synthetic_dataset, t
 
 
 def test_masks_supervise_training_only_and_resume_keeps_the_lesion_head(synthetic_dataset, tmp_path):
-    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, device="cpu", mask_weight=1.0, augment="ultrasound")
+    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, device="cpu", mask_weight=1.0, augment="ultrasound",
+                         mixup=0.4)
     events = []
     for event in train(synthetic_dataset, tmp_path, config, SMALL):
         events.append(event)
@@ -122,6 +124,27 @@ def test_resume_continues_the_weight_average(synthetic_dataset, tmp_path):
     assert isinstance(list(train(synthetic_dataset, tmp_path, resume=True))[-1], Done)
     per_epoch = batches - 1  # the stop came after the first batch of epoch 2
     assert load_checkpoint(tmp_path / "checkpoint.pt")["ema"]["n_averaged"].item() == 2 * per_epoch + 1
+
+
+def test_mixup_trains_on_blends_of_two_scans_and_of_their_labels():
+    images = np.stack([np.full((8, 8), value, np.uint8) for value in (0, 80, 160, 240)])
+    labels = np.array([0, 1, 2, 0])
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    criterion = torch.nn.CrossEntropyLoss()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    [event] = train_one_epoch(model, criterion, frozen, images, labels, np.arange(4), 4, torch.device("cpu"), None,
+                              np.random.default_rng(7), 1, mixup=0.4)
+    replay = np.random.default_rng(7)
+    share, partner = replay.beta(0.4, 0.4), replay.permutation(4)
+    assert 0 < share < 1 and not (partner == np.arange(4)).all()
+    plain = to_model_tensor(torch.from_numpy(images))
+    torch.testing.assert_close(seen[0], share * plain + (1 - share) * plain[partner])
+    with torch.no_grad():
+        outputs = model(seen[0])
+    expected = share * criterion(outputs, torch.from_numpy(labels)) + (1 - share) * criterion(outputs, torch.from_numpy(labels[partner]))
+    assert event.loss == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_the_lesion_loss_counts_only_scans_with_known_masks():
@@ -190,7 +213,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
-     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in")],
+     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
