@@ -465,8 +465,6 @@ def train(
         _write_json(run / "environment.json", _environment(device))
 
         model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
-        # Trained from scratch on a few hundred scans, the weights swing from epoch to epoch
-        # (validation accuracy moved by 30 points between neighbours); their average does not.
         # Copied before the lesion head hooks the model, so the copy carries no hook.
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
             if config.ema else None

@@ -50,7 +50,7 @@ for key, value in defaults.items():
 
 with st.form("training_form"):
     st.write("The form starts from the recipe; settings not shown here (augmentation, warm-up, label smoothing, "
-             "weight decay, mask supervision) come from the recipe as they are. On a CPU, a ResNet-50 epoch over "
+             "weight decay, mask supervision, mixup, weight averaging) come from the recipe as they are. On a CPU, a ResNet-50 epoch over "
              "the real data takes minutes.")
     columns = st.columns(3)
     arch = columns[0].selectbox("Architecture", list(ARCHITECTURES), key="tr_arch")
