@@ -18,7 +18,7 @@ _ui.sidebar()
 RECIPE_NOTES = {
     "study": "the study's exact recipe: ResNet-50, SGD, StepLR, 10 epochs, batch 8, flips, 224 px",
     "best": "our CPU recipe: ResNet-18 at 128 px, AdamW with warm-up and cosine decay, class-weighted loss with "
-            "label smoothing, ultrasound augmentation, lesion masks as training-only supervision",
+            "label smoothing, ultrasound augmentation, mixup, lesion masks as training-only supervision",
     "quick": "a demo model for the synthetic phantoms, trained in well under two minutes",
 }
 
