@@ -118,6 +118,7 @@ def main() -> None:
                      "malignant_recall": result["per_class"]["malignant"]["recall"],
                      "benign_recall": result["per_class"]["benign"]["recall"],
                      "normal_recall": result["per_class"]["normal"]["recall"],
+                     "malignant_auc": result["roc"]["malignant"]["auc"],
                      "sens@thr": point["sensitivity"], "spec@thr": point["specificity"],
                      "ece_before": ece_before, "ece": result["calibration"]["ece"], "minutes": seconds / 60})
         labels.append(test.labels)
@@ -125,7 +126,7 @@ def main() -> None:
         groups.append(test.groups)
         flagged.append(decide(calibrated, threshold) == MALIGNANT)
 
-    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "sens@thr", "spec@thr",
+    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
                "ece_before", "ece", "minutes"]
     print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else ""))
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
@@ -141,7 +142,9 @@ def main() -> None:
     print(f"pooled ({pooled['n']} out-of-fold scans): accuracy {pooled['accuracy']:.3f} "
           f"[{pooled['accuracy_ci'][0]:.3f}, {pooled['accuracy_ci'][1]:.3f}], macro-F1 {pooled['macro_avg']['f1']:.3f} "
           f"[{pooled['macro_avg']['f1_ci'][0]:.3f}, {pooled['macro_avg']['f1_ci'][1]:.3f}], malignant recall "
-          f"{malignant['recall']:.3f} [{malignant['recall_ci'][0]:.3f}, {malignant['recall_ci'][1]:.3f}], "
+          f"{malignant['recall']:.3f} [{malignant['recall_ci'][0]:.3f}, {malignant['recall_ci'][1]:.3f}], malignant AUC "
+          f"{pooled['roc']['malignant']['auc']:.3f} [{pooled['roc']['malignant']['auc_ci'][0]:.3f}, "
+          f"{pooled['roc']['malignant']['auc_ci'][1]:.3f}], "
           f"ECE {pooled['calibration']['ece']:.3f}")
     flagged_all, truth = np.concatenate(flagged), np.concatenate(labels) == MALIGNANT
     sensitivity, specificity = flagged_all[truth].mean(), (~flagged_all[~truth]).mean()

@@ -345,6 +345,11 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
     return loss, torch.softmax(logits, 1).numpy()
 
 
+def _blend(values: torch.Tensor, share: float, partner: torch.Tensor | None) -> torch.Tensor:
+    """Mixup's blend of each row with its partner row (``None``: no mixup)."""
+    return values if partner is None else share * values + (1 - share) * values[partner]
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
                     labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
                     rng: np.random.Generator, epoch: int, lesion: tuple[LesionHead, np.ndarray, np.ndarray, float] | None = None,
@@ -366,11 +371,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         targets = torch.from_numpy(labels[rows]).to(device)
         share, partner = (float(rng.beta(mixup, mixup)), torch.from_numpy(rng.permutation(len(rows))).to(device)) \
             if mixup else (1.0, None)
-
-        def blend(values: torch.Tensor) -> torch.Tensor:
-            return values if partner is None else share * values + (1 - share) * values[partner]
-
-        outputs = model(blend(x))
+        outputs = model(_blend(x, share, partner))
         # Cross-entropy is linear in the target, so the loss of the blended label is the blend of the two losses.
         loss = criterion(outputs, targets) if partner is None else \
             share * criterion(outputs, targets) + (1 - share) * criterion(outputs, targets[partner])
@@ -379,7 +380,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             masks = torch.from_numpy(np.ascontiguousarray(batch_masks)).to(device).float()
             mask_known = torch.from_numpy(known[rows]).float().to(device)
             # A blend has a known lesion map only when both its scans do.
-            loss = loss + weight * head.loss(blend(masks), mask_known if partner is None else mask_known * mask_known[partner])
+            loss = loss + weight * head.loss(_blend(masks, share, partner), mask_known if partner is None else mask_known * mask_known[partner])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
