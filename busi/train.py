@@ -372,7 +372,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         share, partner = (float(rng.beta(mixup, mixup)), torch.from_numpy(rng.permutation(len(rows))).to(device)) \
             if mixup else (1.0, None)
         outputs = model(_blend(x, share, partner))
-        # Cross-entropy is linear in the target, so the loss of the blended label is the blend of the two losses.
+        # The blend of the losses against both labels: the loss of the blended label when the classes are
+        # unweighted (cross-entropy is linear in its target), and what the mixup authors' code does when not.
         loss = criterion(outputs, targets) if partner is None else \
             share * criterion(outputs, targets) + (1 - share) * criterion(outputs, targets[partner])
         if lesion:
