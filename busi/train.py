@@ -372,8 +372,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         share, partner = (float(rng.beta(mixup, mixup)), torch.from_numpy(rng.permutation(len(rows))).to(device)) \
             if mixup else (1.0, None)
         outputs = model(_blend(x, share, partner))
-        # The blend of the losses against both labels: the loss of the blended label when the classes are
-        # unweighted (cross-entropy is linear in its target), and what the mixup authors' code does when not.
+        # The blend of the losses against both labels, as in the mixup authors' reference code; with unweighted
+        # classes this equals the loss of the blended label (cross-entropy is linear in its target).
         loss = criterion(outputs, targets) if partner is None else \
             share * criterion(outputs, targets) + (1 - share) * criterion(outputs, targets[partner])
         if lesion:
