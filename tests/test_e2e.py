@@ -167,7 +167,8 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     page.locator("input[type=file]").set_input_files(str(scan))
     settle(page, "Predicted class")
     assert page.get_by_text("Grad-CAM for").count() >= 1
-    assert page.get_by_text("Class probabilities").count() >= 1
+    # The probability chart's title is drawn by plotly.js after the script has finished.
+    page.get_by_text("Class probabilities").first.wait_for(timeout=30_000)
     no_error_box(page)
     page.screenshot(path=str(shots / "prediction-result.png"), full_page=True)
     assert len(list(shots.iterdir())) == 9
