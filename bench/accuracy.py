@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.accuracy --recipe study --folds 5 [--only 0,1] [--data ../shared/busi]
     .venv/bin/python -m bench.accuracy --recipe study --folds 0      # the single 72/13/15 split
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --tta  # the same models, flip-averaged
+    .venv/bin/python -m bench.accuracy --recipe best --folds 5 --pre size=160 --set mixup=0  # a variant
 
 Each fold trains into ``bench/out/accuracy-RECIPE/fold-K`` (a normal run folder; an existing
 finished fold is reused, so an interrupted benchmark resumes) and is scored on its held-out
@@ -75,6 +76,16 @@ def _flip_averaged(run: Path, test: Predictions, validation: Predictions) -> tup
     return test, validation, calibration(test.labels, apply_temperature(logits[0], 1.0))["ece"]
 
 
+def _overridden(config, items: list[str]):
+    """``config`` with each NAME=VALUE in ``items`` applied, the value parsed as the field's type."""
+    overrides = {}
+    for item in items:
+        name, value = item.split("=", 1)
+        current = getattr(config, name)
+        overrides[name] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+    return dataclasses.replace(config, **overrides)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="study")
@@ -86,18 +97,16 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="score each fold's model on scans and their mirror images")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one training setting, for ablations (e.g. --set mask_weight=0)")
+    parser.add_argument("--pre", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one preprocessing setting (e.g. --pre size=160)")
     args = parser.parse_args()
     config, preprocess = recipe(args.recipe)
-    overrides = {}
-    for item in args.set:
-        name, value = item.split("=", 1)
-        overrides[name] = type(getattr(config, name))(value) if not isinstance(getattr(config, name), bool) \
-            else value.lower() in ("1", "true", "yes")
-    config = dataclasses.replace(config, seed=args.seed, threads=args.threads, folds=args.folds, **overrides)
+    config = dataclasses.replace(_overridden(config, args.set), seed=args.seed, threads=args.threads, folds=args.folds)
+    preprocess = _overridden(preprocess, args.pre)
     folds = range(args.folds) if args.folds else [0]
     if args.only:
         folds = [int(f) for f in args.only.split(",")]
-    variant = "".join(f"-{item}" for item in sorted(args.set))
+    variant = "".join(f"-{item}" for item in sorted(args.set + args.pre))
     out = OUT / f"accuracy-{args.recipe}{variant}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
 
     rows, labels, probabilities, groups, flagged = [], [], [], [], []

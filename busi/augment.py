@@ -46,10 +46,11 @@ def draw(rng: np.random.Generator, policy: str) -> Augmentation:
 
 
 def apply(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator | None = None) -> np.ndarray:
-    """uint8 (H, W) -> uint8 (H, W); ``rng`` supplies the speckle noise when there is any."""
+    """uint8 (H, W) or (H, W, channels) -> the same shape; ``rng`` supplies the speckle noise when
+    there is any. Every channel moves and changes alike: they are views of one scan."""
     a = augmentation
     out = image[:, ::-1] if a.flip else image
-    height, width = out.shape
+    height, width = out.shape[:2]
     if a.angle or a.scale != 1.0 or a.shift != (0.0, 0.0):
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), a.angle, a.scale)
         matrix[:, 2] += (a.shift[0] * width, a.shift[1] * height)
@@ -61,7 +62,8 @@ def apply(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generato
         if a.speckle:
             if rng is None:
                 raise ParameterError("Speckle noise needs a random generator.")
-            values *= 1.0 + a.speckle * rng.standard_normal(values.shape, dtype=np.float32)
+            noise = rng.standard_normal((height, width), dtype=np.float32)
+            values *= 1.0 + a.speckle * (noise if values.ndim == 2 else noise[..., None])
         out = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(out)
 
@@ -75,7 +77,7 @@ def apply_to_mask(mask: np.ndarray, augmentation: Augmentation) -> np.ndarray:
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, policy: str,
                   masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Freshly augmented copies of a uint8 batch (N, H, W) and, moved alike, of its masks."""
+    """Freshly augmented copies of a uint8 batch (N, H, W[, channels]) and, moved alike, of its masks."""
     drawn = [draw(rng, policy) for _ in images]
     images = np.stack([apply(image, a, rng) for image, a in zip(images, drawn)])
     if masks is not None:

@@ -25,7 +25,7 @@ from busi.evaluate import (
 from busi.explain import energy_inside, heatmap_overlay
 from busi.imageio import encode_png, read_mask, write_atomic
 from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
-from busi.preprocess import PreprocessConfig
+from busi.preprocess import INPUT_CHANNELS, PreprocessConfig
 from busi.recipes import RECIPES, recipe
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
 from busi.train import (
@@ -137,6 +137,8 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, PreprocessCon
     config = dataclasses.replace(config, **overrides)
     if args.image_size:
         preprocess = dataclasses.replace(preprocess, size=args.image_size)
+    if args.channels:
+        preprocess = dataclasses.replace(preprocess, channels=args.channels)
     return config, preprocess
 
 
@@ -248,6 +250,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                               help="starting settings (default: the study's exact recipe); flags override them")
     train_parser.add_argument("--config", help="start from a run's config.json (training and preprocessing) instead")
     train_parser.add_argument("--image-size", type=int, help="model input side in pixels (default 224)")
+    train_parser.add_argument("--channels", choices=INPUT_CHANNELS,
+                              help="model input: the processed scan (grey), or the unprocessed scan, the processed scan "
+                                   "and its edges as three channels (stacked)")
     for name, value in config_to_dict(TrainConfig()).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):

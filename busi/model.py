@@ -117,15 +117,17 @@ def build_model(arch: str = "resnet50", num_classes: int = 3, pretrained: str | 
 
 
 def to_model_tensor(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) grey -> float (N, 3, H, W) normalised as ImageNet-style models expect."""
-    x = images.float().div_(255).unsqueeze(1).expand(-1, 3, -1, -1)
+    """uint8 (N, H, W) grey, copied into three channels, or (N, H, W, 3) stacked channels ->
+    float (N, 3, H, W) normalised as ImageNet-style models expect."""
+    x = images.float().div_(255)
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
 def batched_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> torch.Tensor:
-    """Logits (N, C) on the CPU for uint8 model inputs (N, H, W), in eval mode, without gradients."""
+    """Logits (N, C) on the CPU for uint8 model inputs (N, H, W[, 3]), in eval mode, without gradients."""
     model.eval()
     outputs = []
     with torch.inference_mode():

@@ -48,7 +48,7 @@ ImageInput = Source | np.ndarray
 class Prediction:
     label: str
     probabilities: dict[str, float]
-    model_input: np.ndarray  # uint8 (size, size): what the model saw
+    model_input: np.ndarray  # uint8 (size, size) or (size, size, 3): what the model saw
     warnings: tuple[str, ...]
 
 
@@ -119,7 +119,7 @@ class Classifier:
                 for row, model_input, (_, coloured) in zip(probabilities, inputs, prepared)]
 
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """float (N, C) for ready uint8 model inputs (N, size, size)."""
+        """float (N, C) for ready uint8 model inputs (N, size, size[, 3])."""
         with self._lock:
             logits = batched_logits(self.model, inputs, self.device, batch_size)
         return torch.softmax(logits / self.temperature, 1).numpy()

@@ -214,6 +214,19 @@ def horizontal_flip(image: np.ndarray) -> np.ndarray:
 
 # -- configuration and pipeline ---------------------------------------------------------------
 
+# "grey": the processed scan, which the model copies into its three input channels. "stacked":
+# three different views as the channels - the resized scan before CLAHE and denoising, the
+# processed scan, and its Canny edges - the study's edge overlay made into an input the network
+# can weigh, never a mask.
+INPUT_CHANNELS = ("grey", "stacked")
+_PROCESSED_CHANNEL = 1
+
+
+def grey_view(model_input: np.ndarray) -> np.ndarray:
+    """The processed grey scan inside a model input of either channel layout, for display."""
+    return model_input if model_input.ndim == 2 else model_input[..., _PROCESSED_CHANNEL]
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Settings of every step. Defaults follow the study: 224 px, CLAHE, median and Gaussian
@@ -237,6 +250,7 @@ class PreprocessConfig:
     overlay_style: str = "contour"
     crop_margin: float = 0.1
     flip: bool = False
+    channels: str = "grey"
 
     def __post_init__(self) -> None:
         _check_range("size", self.size, 16, 2048)
@@ -253,6 +267,7 @@ class PreprocessConfig:
         _check_range("overlay_opacity", self.overlay_opacity, 0.0, 1.0)
         _check_choice("overlay_style", self.overlay_style, OVERLAY_STYLES)
         _check_range("crop_margin", self.crop_margin, 0.0, 2.0)
+        _check_choice("channels", self.channels, INPUT_CHANNELS)
 
     def to_json(self) -> str:
         return config_to_json(self)
@@ -282,11 +297,13 @@ class Pipeline:
             current = stages["median"] = median_blur(current, c.median_ksize)
         if c.gaussian_ksize:
             current = stages["gaussian"] = gaussian_blur(current, c.gaussian_ksize, c.gaussian_sigma)
-        stages["model_input"] = current
+        stages["model_input"] = current if c.channels == "grey" else np.dstack(
+            [stages["resized"], current, canny_edges(current, c.canny_low, c.canny_high).astype(np.uint8) * 255])
         return stages
 
     def model_input(self, scan: np.ndarray) -> np.ndarray:
-        """uint8 grey scan of any size -> uint8 (size, size): what the classifier sees."""
+        """uint8 grey scan of any size -> what the classifier sees: uint8 (size, size) for
+        ``channels="grey"``, (size, size, 3) for ``"stacked"``."""
         _check_image(scan)
         return self._denoise_stages(scan)["model_input"]
 
@@ -295,7 +312,7 @@ class Pipeline:
         _check_image(scan)
         c = self.config
         stages = self._denoise_stages(scan)
-        processed = stages["model_input"]
+        processed = grey_view(stages["model_input"])
         stages["edges"] = canny_edges(processed, c.canny_low, c.canny_high)
         stages["edge_overlay"] = overlay(processed, stages["edges"], c.overlay_colour, c.overlay_opacity, "fill")
         if mask is not None:

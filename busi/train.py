@@ -214,7 +214,7 @@ def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, config: TrainCon
 
 
 def model_inputs(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarray:
-    """uint8 (N, size, size): every scan through the deterministic pipeline, cached on disk."""
+    """uint8 (N, size, size[, 3]): every scan through the deterministic pipeline, cached on disk."""
     pipeline = Pipeline(preprocess)
     return cached_inputs(preprocess.to_json(), [record.path for record in index.records],
                          lambda: np.stack([pipeline.model_input(load_scan(record)) for record in index.records]))

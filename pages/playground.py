@@ -8,7 +8,7 @@ from busi.config import config_to_dict
 from busi.data import load_mask, load_scan
 from busi.errors import BusiError
 from busi.imageio import read_scan
-from busi.preprocess import MORPHOLOGY_OPERATIONS, OVERLAY_STYLES, Pipeline, PreprocessConfig
+from busi.preprocess import INPUT_CHANNELS, MORPHOLOGY_OPERATIONS, OVERLAY_STYLES, Pipeline, PreprocessConfig
 from pages import _ui
 
 _ui.sidebar()
@@ -91,6 +91,9 @@ with st.sidebar:
     st.radio("Overlay style", OVERLAY_STYLES, horizontal=True, key="pg_overlay_style")
     st.slider("Lesion crop margin", 0.0, 1.0, step=0.05, key="pg_crop_margin")
     st.toggle("Show horizontal flip (augmentation)", key="pg_flip")
+    st.radio("Model input channels", INPUT_CHANNELS, horizontal=True, key="pg_channels",
+             help="grey: the processed scan. stacked: the unprocessed scan (red), the processed scan (green) and "
+                  "its Canny edges (blue) as the network's three channels.")
 
 values = {name: st.session_state[f"pg_{name}"] for name in config_to_dict(STUDY)}
 values["overlay_colour"] = _rgb(values["overlay_colour"])

@@ -6,6 +6,7 @@ from busi import figures
 from busi.errors import BusiError
 from busi.explain import heatmap_overlay
 from busi.jobs import active_run, start_training
+from busi.preprocess import grey_view
 from busi.recipes import RECIPES
 from busi.sources import DEMO_SOURCE, data_sources
 from pages import _ui
@@ -68,7 +69,10 @@ for number, upload in enumerate(uploads):
     for warning in prediction.warnings:
         st.warning(warning, icon=":material/report:")
     columns = st.columns([1, 1, 1])
-    columns[0].image(prediction.model_input, caption="what the model sees (preprocessed)", width="stretch")
+    stacked = prediction.model_input.ndim == 3
+    columns[0].image(grey_view(prediction.model_input), width="stretch",
+                     caption="what the model sees (the processed channel; the unprocessed scan and its edges are the "
+                             "other two)" if stacked else "what the model sees (preprocessed)")
     columns[1].image(heatmap_overlay(explanation.scan, explanation.heat, opacity),
                      caption=f"Grad-CAM for '{explanation.class_name}'", width="stretch")
     columns[2].metric("Predicted class", prediction.label, help="The most probable class. Research demo only.")

@@ -80,8 +80,12 @@ def test_playground_updates_resets_and_hands_settings_to_training(runs):
     widget(app, "pg_canny_low").set_value(300).run()
     widget(app, "pg_canny_high").set_value(100).run()
     assert "canny_high" in app.error[0].value  # bad combination explained, page still up
+    widget(app, "pg_canny_low").set_value(50).run()
+    widget(app, "pg_channels").set_value("stacked").run()
+    assert not app.exception and app.session_state["playground_config"].channels == "stacked"
     widget(app, "pg_reset").click().run()
-    assert app.session_state["playground_config"].size == 224 and app.session_state["playground_config"].clahe
+    config = app.session_state["playground_config"]
+    assert config.size == 224 and config.clahe and config.channels == "grey"
     widget(app, "pg_size").set_value(96).run()
     widget(app, "pg_use_for_training").click().run()
     assert app.session_state["training_preprocess"].size == 96
@@ -204,6 +208,21 @@ def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
     assert any("empty.png" in e.value and "empty" in e.value for e in app.error)
     widget(app, "pr_opacity").set_value(0.9).run()
     assert not app.exception
+
+
+def test_prediction_with_a_stacked_channel_model_shows_the_processed_channel(runs, synthetic_dataset):
+    from busi.preprocess import PreprocessConfig
+    from busi.train import Done, TrainConfig, train
+
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", seed=1)
+    events = list(train(synthetic_dataset, runs / "20260101-000000-stacked", config, PreprocessConfig(size=32, channels="stacked")))
+    assert isinstance(events[-1], Done)
+    app = open_page("prediction")
+    widget(app, "pr_uploads").set_value([("scan.png", png_bytes(synth.make_phantom("benign", 3, (96, 96))[0]), "image/png")]).run()
+    assert not app.exception
+    assert [m.value in CLASSES for m in app.metric if m.label == "Predicted class"] == [True]
+    captions = [caption for image in app.image for caption in image.captions]
+    assert any("the processed channel" in caption for caption in captions), captions
 
 
 def test_moving_the_heatmap_slider_does_not_rerun_the_model(runs_with_model, monkeypatch):

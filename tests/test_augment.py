@@ -50,6 +50,17 @@ def test_flip_policy_only_flips_and_unknown_policies_are_refused():
         draw(np.random.default_rng(1), "vertical")
 
 
+def test_channels_of_a_stacked_input_move_and_change_alike():
+    channels = [_disc(), _disc(centre=(20, 40)), np.full((64, 64), 90, np.uint8)]
+    stacked = np.dstack(channels)
+    augmentation = Augmentation(flip=True, angle=7, scale=1.05, shift=(0.05, -0.03), gain=1.1, gamma=0.9, speckle=0.1)
+    moved = apply(stacked, augmentation, np.random.default_rng(4))
+    assert moved.shape == (64, 64, 3)
+    # Each channel as if augmented alone with the same draw: one speckle field for all of them.
+    for channel, image in enumerate(channels):
+        assert (moved[..., channel] == apply(image, augmentation, np.random.default_rng(4))).all()
+
+
 def test_masks_move_with_their_scans():
     images = np.stack([_disc(centre=(20, 40))] * 20)
     masks = np.where(images > 120, 255, 0).astype(np.uint8)

@@ -71,3 +71,12 @@ def test_model_tensor_is_three_channel_and_normalised():
     x = to_model_tensor(torch.full((2, 8, 8), 255, dtype=torch.uint8))
     assert x.shape == (2, 3, 8, 8)
     assert x[0, :, 0, 0].tolist() == pytest.approx([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225])
+
+
+def test_stacked_inputs_keep_their_channels_apart():
+    images = torch.zeros((2, 8, 8, 3), dtype=torch.uint8)
+    images[1, 2, 5] = torch.tensor([255, 0, 51], dtype=torch.uint8)
+    x = to_model_tensor(images)
+    assert x.shape == (2, 3, 8, 8)
+    assert x[1, :, 2, 5].tolist() == pytest.approx([(1 - 0.485) / 0.229, -0.456 / 0.224, (0.2 - 0.406) / 0.225])
+    assert x[0, 0, 2, 5].item() == pytest.approx(-0.485 / 0.229)

@@ -12,6 +12,7 @@ from busi.preprocess import (
     clahe,
     crop_to_lesion,
     gaussian_blur,
+    grey_view,
     horizontal_flip,
     lesion_bounds,
     median_blur,
@@ -191,6 +192,25 @@ def test_disabled_steps_are_skipped_and_model_input_never_needs_a_mask():
     stages = pipeline.stages(image)
     assert "clahe" not in stages and "mask" not in stages
     assert (pipeline.model_input(image) == stages["resized"]).all()
+
+
+def test_stacked_channels_are_the_unprocessed_scan_the_processed_scan_and_its_edges():
+    image, mask = disc_on_noise()
+    grey, stacked = (PreprocessConfig(size=64), PreprocessConfig(size=64, channels="stacked"))
+    stages = Pipeline(stacked).stages(image, mask)
+    model_input = Pipeline(stacked).model_input(image)
+    assert model_input.shape == (64, 64, 3) and model_input.dtype == np.uint8
+    assert (model_input == stages["model_input"]).all()
+    assert (model_input[..., 0] == stages["resized"]).all()
+    assert (model_input[..., 1] == Pipeline(grey).model_input(image)).all()
+    assert (model_input[..., 2] == np.where(stages["edges"], 255, 0)).all() and stages["edges"].any()
+    assert (grey_view(model_input) == model_input[..., 1]).all()
+    # The display stages stay those of the grey pipeline.
+    grey_stages = Pipeline(grey).stages(image, mask)
+    for name in ("edges", "edge_overlay", "mask_overlay", "lesion_crop"):
+        assert (stages[name] == grey_stages[name]).all(), name
+    with pytest.raises(ParameterError, match="channels must be one of grey, stacked"):
+        PreprocessConfig(channels="rgb")
 
 
 @pytest.mark.parametrize("keep_aspect", [True, False])

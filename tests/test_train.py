@@ -9,6 +9,7 @@ from busi.data import index_dataset
 from busi.errors import BusiError
 from busi.imageio import read_scan
 from busi.model import build_model, to_model_tensor
+from busi.predict import load_classifier
 from busi.preprocess import Pipeline, PreprocessConfig
 from busi.split import group_kfold, read_manifest
 from busi.train import (
@@ -100,6 +101,19 @@ def test_masks_supervise_training_only_and_resume_keeps_the_lesion_head(syntheti
     assert isinstance(list(train(synthetic_dataset, tmp_path, resume=True))[-1], Done)
     model = build_model("resnet18", 3)
     model.load_state_dict(load_checkpoint(tmp_path / "best.pt")["model"])  # a plain torchvision model
+
+
+def test_stacked_input_channels_train_and_predict_as_at_training_time(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", seed=1, augment="ultrasound",
+                         mask_weight=1.0, mixup=0.4)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, PreprocessConfig(size=32, channels="stacked")))[-1], Done)
+    classifier = load_classifier(tmp_path)
+    path, *expected = (tmp_path / "predictions.csv").read_text().splitlines()[1].split(",")
+    prediction = classifier.predict(synthetic_dataset / path.strip('"'))
+    assert prediction.model_input.shape == (32, 32, 3)
+    np.testing.assert_allclose(list(prediction.probabilities.values()), [float(v) for v in expected[-3:]], atol=1e-5)
+    explanation = classifier.explain(synthetic_dataset / path.strip('"'))
+    assert explanation.heat.shape == explanation.scan.shape
 
 
 def test_the_weight_average_is_what_gets_scored_and_saved(synthetic_dataset, tmp_path):
