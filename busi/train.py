@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from busi.augment import augment_batch
 from busi.cache import cached_inputs
@@ -62,6 +62,9 @@ class TrainConfig:
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
     mixup: float = 0.0  # alpha of the Beta distribution of mixup's blend share; 0 = off
+    # Before each validation, recompute BatchNorm's statistics over the un-augmented training scans:
+    # the running averages gathered on augmented, blended batches do not describe clean scans.
+    precise_bn: bool = False
     seed: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
@@ -345,6 +348,13 @@ def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels:
     return loss, torch.softmax(logits, 1).numpy()
 
 
+def recompute_batch_norm(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Replace the BatchNorm running statistics of ``model`` by their average over ``images``
+    (uint8 model inputs), the "precise BN" of Wu & Johnson (2021)."""
+    update_bn((to_model_tensor(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device))
+               for start in range(0, len(images), batch_size)), model)
+
+
 def _blend(values: torch.Tensor, share: float, partner: torch.Tensor | None) -> torch.Tensor:
     """Mixup's blend of each row with its partner row (``None``: no mixup)."""
     return values if partner is None else share * values + (1 - share) * values[partner]
@@ -510,6 +520,8 @@ def train(
                     return
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
+            if config.precise_bn:
+                recompute_batch_norm(scored, data.images[train_rows], device, config.batch_size)
             val_loss, probabilities = evaluate(scored, criterion, data.images[val_rows], data.labels[val_rows], device, config.batch_size)
             summary = summarise(data.labels[val_rows], probabilities.argmax(1))
             if summary["macro_f1"] > best[1]:

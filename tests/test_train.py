@@ -21,7 +21,9 @@ from busi.train import (
     Stopped,
     TrainConfig,
     load_checkpoint,
+    model_inputs,
     read_events,
+    recompute_batch_norm,
     train,
     train_one_epoch,
 )
@@ -159,6 +161,22 @@ def test_mixup_trains_on_blends_of_two_scans_and_of_their_labels():
         outputs = model(seen[0])
     expected = share * criterion(outputs, torch.from_numpy(labels)) + (1 - share) * criterion(outputs, torch.from_numpy(labels[partner]))
     assert event.loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("precise_bn", [True, False])
+def test_precise_batch_norm_scores_and_saves_statistics_of_the_clean_training_scans(synthetic_dataset, tmp_path, precise_bn):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", augment="ultrasound", mixup=0.4,
+                         precise_bn=precise_bn)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
+    saved = load_checkpoint(tmp_path / "best.pt")["model"]
+    model = build_model("resnet18", 3)
+    model.load_state_dict(saved)
+    training = np.array([row["split"] == "train" for row in read_manifest(tmp_path / "split.csv")])
+    recompute_batch_norm(model, model_inputs(index_dataset(synthetic_dataset), SMALL)[training], torch.device("cpu"), 4)
+    statistics = [name for name in saved if name.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 40
+    matches = [torch.allclose(saved[name], model.state_dict()[name], rtol=1e-4, atol=1e-5) for name in statistics]
+    assert all(matches) if precise_bn else not any(matches)
 
 
 def test_the_lesion_loss_counts_only_scans_with_known_masks():
