@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.accuracy --recipe study --folds 5 [--only 0,1] [--data ../shared/busi]
     .venv/bin/python -m bench.accuracy --recipe study --folds 0      # the single 72/13/15 split
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --tta  # the same models, flip-averaged
+    .venv/bin/python -m bench.accuracy --recipe best --folds 5 --members 2  # ensembles of two per fold
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --pre size=160 --set mixup=0  # a variant
 
 Each fold trains into ``bench/out/accuracy-RECIPE/fold-K`` (a normal run folder; an existing
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--members", type=int, default=1,
+                        help="ensemble of this many models per fold (same split, other initialisations)")
     parser.add_argument("--tta", action="store_true", help="score each fold's model on scans and their mirror images")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one training setting, for ablations (e.g. --set mask_weight=0)")
@@ -111,14 +114,24 @@ def main() -> None:
 
     rows, labels, probabilities, groups, flagged = [], [], [], [], []
     for fold in folds:
-        run = out / f"fold-{fold}"
-        seconds = _train_fold(args.data, run, dataclasses.replace(config, fold=fold), preprocess)
-        test, validation = run_predictions(run, "test"), run_predictions(run, "val")
-        if args.tta:
-            test, validation, ece_before = _flip_averaged(run, test, validation)
-            calibrated = test.probabilities
-        else:
-            calibrated, ece_before = _calibrated(run, test, validation)
+        seconds, members = 0.0, []
+        for member in range(args.members):
+            run = out / (f"fold-{fold}" if member == 0 else f"fold-{fold}-member-{member}")
+            seconds += _train_fold(args.data, run, dataclasses.replace(config, fold=fold, member=member), preprocess)
+            test, validation = run_predictions(run, "test"), run_predictions(run, "val")
+            if args.tta:
+                test, validation, ece_before = _flip_averaged(run, test, validation)
+                calibrated = test.probabilities
+            else:
+                calibrated, ece_before = _calibrated(run, test, validation)
+            members.append((test, validation, calibrated, ece_before))
+        test, validation = members[0][0], members[0][1]
+        if any(m[0].paths != test.paths for m in members):
+            raise SystemExit(f"fold {fold}: the ensemble's members were tested on different scans")
+        if args.members > 1:  # the ensemble averages its members' calibrated probabilities
+            calibrated = np.mean([m[2] for m in members], axis=0)
+            validation = dataclasses.replace(validation, probabilities=np.mean([m[1].probabilities for m in members], axis=0))
+            ece_before = statistics.mean(m[3] for m in members)
         result = report(test.labels, calibrated, groups=test.groups, samples=200)
         # The malignant threshold is chosen on validation scans only, then applied to the test fold.
         threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
@@ -137,7 +150,8 @@ def main() -> None:
 
     columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
                "ece_before", "ece", "minutes"]
-    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else ""))
+    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else "")
+          + (f", ensembles of {args.members} (ece_before: the members' mean; minutes: all members)" if args.members > 1 else ""))
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
           f"sensitivity {TARGET_SENSITIVITY})")

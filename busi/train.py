@@ -66,6 +66,8 @@ class TrainConfig:
     # the running averages gathered on augmented, blended batches do not describe clean scans.
     precise_bn: bool = False
     seed: int = 0
+    # Ensemble member: the split that `seed` gives, with another initialisation and batch order.
+    member: int = 0
     folds: int = 0  # 0: the study's three-way split; K >= 2: test on fold `fold` of group-aware K-fold
     fold: int = 0
     device: str = "auto"
@@ -95,6 +97,8 @@ class TrainConfig:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 <= self.ema < 1:
             raise ParameterError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}.")
+        if self.member < 0:
+            raise ParameterError(f"member must be 0 or more, got {self.member}.")
         if self.mixup < 0:
             raise ParameterError(f"mixup must be 0 (off) or more, got {self.mixup}.")
 
@@ -460,8 +464,8 @@ def train(
             preprocess = config_from_dict(PreprocessConfig, checkpoint["preprocess_config"])
             start_epoch = checkpoint["epoch"] + 1
             best = (checkpoint["best_epoch"], checkpoint["best_val_macro_f1"])
-        torch.manual_seed(config.seed)
-        rng = np.random.default_rng((config.seed, start_epoch))
+        torch.manual_seed(_training_seed(config))
+        rng = np.random.default_rng((_training_seed(config), start_epoch))
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
@@ -540,6 +544,12 @@ def train(
         yield emit(Failed("Out of memory: lower the batch size or the image size, or train on the CPU."))
     finally:
         log.close()
+
+
+def _training_seed(config: TrainConfig) -> int:
+    """Seed of the initial weights and of the random draws while training; member 0 keeps the
+    plain ``seed``, so runs made before ensembles existed are reproduced exactly."""
+    return config.seed + 1_000_003 * config.member
 
 
 def _write_predictions(run: Path, model: nn.Module, data: _Data, device: torch.device, batch_size: int) -> None:

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,6 +78,15 @@ def test_a_cross_validation_fold_tests_on_that_fold(synthetic_dataset, tmp_path)
     assert [r["split"] == "test" for r in rows] == (folds == 1).tolist()
     assert set(load_checkpoint(tmp_path / "best.pt")["input_stats"]) == {
         "brightness_mean", "brightness_sd", "contrast_mean", "contrast_sd"}
+
+
+def test_ensemble_members_share_the_split_but_not_the_weights(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", folds=3, fold=2)
+    for member in (0, 1):
+        assert isinstance(list(train(synthetic_dataset, tmp_path / f"member-{member}", replace(config, member=member), SMALL))[-1], Done)
+    assert (tmp_path / "member-0" / "split.csv").read_text() == (tmp_path / "member-1" / "split.csv").read_text()
+    first, second = (load_checkpoint(tmp_path / f"member-{member}" / "best.pt")["model"]["conv1.weight"] for member in (0, 1))
+    assert not torch.equal(first, second)
 
 
 def test_ultrasound_augmentation_with_cosine_warm_up_trains(synthetic_dataset, tmp_path):
@@ -245,7 +255,8 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
-     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup")],
+     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup"),
+     ({"member": -1}, "member must be 0 or more")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
