@@ -50,8 +50,9 @@ for key, value in defaults.items():
 
 with st.form("training_form"):
     st.write("The form starts from the recipe; settings not shown here (augmentation, warm-up, label smoothing, "
-             "weight decay, mask supervision, mixup, weight averaging) come from the recipe as they are. On a CPU, a ResNet-50 epoch over "
-             "the real data takes minutes.")
+             "weight decay, mask supervision, mixup, weight averaging, precise BatchNorm, ensemble member) come from the recipe "
+             "as they are; input channels come from the preprocessing. On a CPU, a ResNet-50 epoch over the real data takes "
+             "minutes.")
     columns = st.columns(3)
     arch = columns[0].selectbox("Architecture", list(ARCHITECTURES), key="tr_arch")
     pretrained = columns[1].selectbox("Initial weights", ["none", "imagenet", "local file"], key="tr_pretrained",
