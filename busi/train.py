@@ -173,7 +173,7 @@ def read_events(run_dir: str | os.PathLike) -> list[Event]:
 
 @dataclass
 class _Data:
-    images: np.ndarray  # uint8 (N, size, size), preprocessed once
+    images: np.ndarray  # uint8 (N, size, size[, 3]), preprocessed once
     labels: np.ndarray  # int (N,)
     parts: np.ndarray  # "train" | "val" | "test"
     paths: list[str] = field(default_factory=list)
