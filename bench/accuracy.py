@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.accuracy --recipe study --folds 5 [--only 0,1] [--data ../shared/busi]
     .venv/bin/python -m bench.accuracy --recipe study --folds 0      # the single 72/13/15 split
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --tta  # the same models, flip-averaged
+    .venv/bin/python -m bench.accuracy --recipe best --folds 5 --last  # their final epochs instead
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --members 2  # ensembles of two per fold
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --pre size=160 --set mixup=0  # a variant
 
@@ -29,7 +30,7 @@ from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperat
 from busi.model import batched_logits
 from busi.predict import load_classifier
 from busi.recipes import RECIPES, recipe
-from busi.train import Done, train
+from busi.train import CHECKPOINT, Done, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
@@ -60,17 +61,19 @@ def _calibrated(run: Path, test, validation) -> tuple[np.ndarray, float]:
     return calibrated, calibration(test.labels, test.probabilities)["ece"]
 
 
-def _flip_averaged(run: Path, test: Predictions, validation: Predictions) -> tuple[Predictions, Predictions, float]:
-    """Test-time augmentation: the run's model on each scan and on its mirror image, logits
-    averaged, then temperature-scaled afresh on the validation scans; with the test ECE before
-    that scaling."""
-    classifier = load_classifier(run)
+def _rescored(run: Path, test: Predictions, validation: Predictions, *, flip: bool,
+              last: bool) -> tuple[Predictions, Predictions, float]:
+    """The run's model scored afresh: its final epoch's weights instead of the validation-chosen
+    ones when ``last``, and with test-time augmentation (logits averaged over each scan and its
+    mirror image) when ``flip``; temperature-scaled afresh on the validation scans. With the test
+    ECE before that scaling."""
+    classifier = load_classifier(run / CHECKPOINT if last else run)
     index = index_dataset(test.data_dir)
     logits = []
     for part in (test, validation):
         inputs = np.stack([classifier.pipeline.model_input(load_scan(index.record(path))) for path in part.paths])
-        logits.append(sum(batched_logits(classifier.model, view, classifier.device, 32).numpy()
-                          for view in (inputs, np.ascontiguousarray(inputs[:, :, ::-1]))) / 2)
+        views = (inputs, np.ascontiguousarray(inputs[:, :, ::-1])) if flip else (inputs,)
+        logits.append(sum(batched_logits(classifier.model, view, classifier.device, 32).numpy() for view in views) / len(views))
     temperature = fit_temperature(validation.labels, logits[1])
     test, validation = (dataclasses.replace(part, probabilities=apply_temperature(part_logits, temperature))
                         for part, part_logits in zip((test, validation), logits))
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1,
                         help="ensemble of this many models per fold (same split, other initialisations)")
     parser.add_argument("--tta", action="store_true", help="score each fold's model on scans and their mirror images")
+    parser.add_argument("--last", action="store_true",
+                        help="score each fold's final-epoch weights instead of those chosen on validation")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one training setting, for ablations (e.g. --set mask_weight=0)")
     parser.add_argument("--pre", action="append", default=[], metavar="NAME=VALUE",
@@ -119,8 +124,8 @@ def main() -> None:
             run = out / (f"fold-{fold}" if member == 0 else f"fold-{fold}-member-{member}")
             seconds += _train_fold(args.data, run, dataclasses.replace(config, fold=fold, member=member), preprocess)
             test, validation = run_predictions(run, "test"), run_predictions(run, "val")
-            if args.tta:
-                test, validation, ece_before = _flip_averaged(run, test, validation)
+            if args.tta or args.last:
+                test, validation, ece_before = _rescored(run, test, validation, flip=args.tta, last=args.last)
                 calibrated = test.probabilities
             else:
                 calibrated, ece_before = _calibrated(run, test, validation)
@@ -151,7 +156,7 @@ def main() -> None:
     columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
                "ece_before", "ece", "minutes"]
     print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else "")
-          + (f", ensembles of {args.members} (ece_before: the members' mean; minutes: all members)" if args.members > 1 else ""))
+          + (", final-epoch weights" if args.last else "") + (f", ensembles of {args.members} (ece_before: the members' mean; minutes: all members)" if args.members > 1 else ""))
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
           f"sensitivity {TARGET_SENSITIVITY})")
