@@ -84,7 +84,9 @@ def _overridden(config, items: list[str]):
     """``config`` with each NAME=VALUE in ``items`` applied, the value parsed as the field's type."""
     overrides = {}
     for item in items:
-        name, value = item.split("=", 1)
+        name, _, value = item.partition("=")
+        if not hasattr(config, name) or not value:
+            raise SystemExit(f"'{item}': expected NAME=VALUE with NAME one of {', '.join(sorted(vars(config)))}")
         current = getattr(config, name)
         overrides[name] = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
     return dataclasses.replace(config, **overrides)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def widget(app: AppTest, key: str):
 
 
 REAL_BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "busi"
+
+
+def first_prediction_row(run: Path) -> dict[str, str]:
+    """The first scan's row of a run's predictions.csv."""
+    with open(run / "predictions.csv", newline="") as file:
+        return next(csv.DictReader(file))
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

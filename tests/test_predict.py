@@ -1,4 +1,3 @@
-import csv
 import shutil
 import threading
 
@@ -17,16 +16,11 @@ from busi.predict import (
     rows_to_csv,
 )
 from busi.train import load_checkpoint
-from tests.conftest import png_bytes
-
-
-def _first_prediction_row(run):
-    with open(run / "predictions.csv", newline="") as file:
-        return next(csv.DictReader(file))
+from tests.conftest import first_prediction_row, png_bytes
 
 
 def test_path_bytes_and_array_give_the_training_time_probabilities(tiny_run, synthetic_dataset):
-    row = _first_prediction_row(tiny_run)
+    row = first_prediction_row(tiny_run)
     path = synthetic_dataset / row["path"]
     classifier = load_classifier(tiny_run)
     scan = read_scan(path)
@@ -62,7 +56,7 @@ def test_bad_images_are_refused_clearly(tiny_run, image, message):
 def test_explanation_is_at_scan_resolution_and_leaves_the_model_alone(tiny_run, synthetic_dataset):
     classifier = load_classifier(tiny_run)
     before = {k: v.clone() for k, v in classifier.model.state_dict().items()}
-    path = synthetic_dataset / _first_prediction_row(tiny_run)["path"]
+    path = synthetic_dataset / first_prediction_row(tiny_run)["path"]
     explanation = classifier.explain(path)
     assert explanation.heat.shape == explanation.scan.shape == read_scan(path).shape
     assert 0 <= explanation.heat.min() and explanation.heat.max() <= 1

@@ -28,6 +28,7 @@ from busi.train import (
     train,
     train_one_epoch,
 )
+from tests.conftest import first_prediction_row
 
 TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, device="cpu", seed=1)
 SMALL = PreprocessConfig(size=32)
@@ -120,11 +121,12 @@ def test_stacked_input_channels_train_and_predict_as_at_training_time(synthetic_
                          mask_weight=1.0, mixup=0.4)
     assert isinstance(list(train(synthetic_dataset, tmp_path, config, PreprocessConfig(size=32, channels="stacked")))[-1], Done)
     classifier = load_classifier(tmp_path)
-    path, *expected = (tmp_path / "predictions.csv").read_text().splitlines()[1].split(",")
-    prediction = classifier.predict(synthetic_dataset / path.strip('"'))
+    row = first_prediction_row(tmp_path)
+    prediction = classifier.predict(synthetic_dataset / row["path"])
     assert prediction.model_input.shape == (32, 32, 3)
-    np.testing.assert_allclose(list(prediction.probabilities.values()), [float(v) for v in expected[-3:]], atol=1e-5)
-    explanation = classifier.explain(synthetic_dataset / path.strip('"'))
+    np.testing.assert_allclose(list(prediction.probabilities.values()), [float(row[f"p_{c}"]) for c in classifier.classes],
+                               atol=1e-5)
+    explanation = classifier.explain(synthetic_dataset / row["path"])
     assert explanation.heat.shape == explanation.scan.shape
 
 
