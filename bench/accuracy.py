@@ -20,6 +20,7 @@ import dataclasses
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def main() -> None:
     variant = "".join(f"-{item}" for item in sorted(args.set + args.pre))
     out = OUT / f"accuracy-{args.recipe}{variant}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
 
-    rows, labels, probabilities, groups, flagged = [], [], [], [], []
+    scored = []
     for fold in folds:
         seconds, members = 0.0, []
         for member in range(args.members):
@@ -139,26 +140,43 @@ def main() -> None:
             calibrated = np.mean([m[2] for m in members], axis=0)
             validation = dataclasses.replace(validation, probabilities=np.mean([m[1].probabilities for m in members], axis=0))
             ece_before = statistics.mean(m[3] for m in members)
-        result = report(test.labels, calibrated, groups=test.groups, samples=200)
-        # The malignant threshold is chosen on validation scans only, then applied to the test fold.
-        threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
-        point = operating_point(test.labels, calibrated, threshold)
-        rows.append({"fold": fold, "n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_avg"]["f1"],
-                     "malignant_recall": result["per_class"]["malignant"]["recall"],
-                     "benign_recall": result["per_class"]["benign"]["recall"],
-                     "normal_recall": result["per_class"]["normal"]["recall"],
-                     "malignant_auc": result["roc"]["malignant"]["auc"],
-                     "sens@thr": point["sensitivity"], "spec@thr": point["specificity"],
-                     "ece_before": ece_before, "ece": result["calibration"]["ece"], "minutes": seconds / 60})
-        labels.append(test.labels)
-        probabilities.append(calibrated)
-        groups.append(test.groups)
-        flagged.append(decide(calibrated, threshold) == MALIGNANT)
-
-    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
-               "ece_before", "ece", "minutes"]
+        scored.append(scored_fold(fold, test, validation, calibrated, ece_before, seconds))
     print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else "")
           + (", final-epoch weights" if args.last else "") + (f", ensembles of {args.members} (ece_before: the members' mean; minutes: all members)" if args.members > 1 else ""))
+    print_table(scored)
+
+
+@dataclass(frozen=True)
+class ScoredFold:
+    row: dict  # the fold's line of the table
+    labels: np.ndarray
+    probabilities: np.ndarray  # calibrated
+    groups: np.ndarray
+    flagged: np.ndarray  # bool: called malignant at the validation-chosen threshold
+
+
+def scored_fold(fold: int, test: Predictions, validation: Predictions, calibrated: np.ndarray, ece_before: float,
+                seconds: float) -> ScoredFold:
+    """One fold's scores from its calibrated test probabilities; the malignant threshold is chosen
+    on the validation scans only, then applied to the test fold."""
+    result = report(test.labels, calibrated, groups=test.groups, samples=200)
+    threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
+    point = operating_point(test.labels, calibrated, threshold)
+    row = {"fold": fold, "n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_avg"]["f1"],
+           "malignant_recall": result["per_class"]["malignant"]["recall"],
+           "benign_recall": result["per_class"]["benign"]["recall"],
+           "normal_recall": result["per_class"]["normal"]["recall"],
+           "malignant_auc": result["roc"]["malignant"]["auc"],
+           "sens@thr": point["sensitivity"], "spec@thr": point["specificity"],
+           "ece_before": ece_before, "ece": result["calibration"]["ece"], "minutes": seconds / 60}
+    return ScoredFold(row, test.labels, calibrated, test.groups, decide(calibrated, threshold) == MALIGNANT)
+
+
+def print_table(scored: list[ScoredFold]) -> None:
+    """Every fold, the mean ± sd over folds, and the pooled out-of-fold scores with 95 % intervals."""
+    rows = [fold.row for fold in scored]
+    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
+               "ece_before", "ece", "minutes"]
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
           f"sensitivity {TARGET_SENSITIVITY})")
@@ -167,7 +185,9 @@ def main() -> None:
     if len(rows) > 1:
         print(f"{'mean':>6} {'':>4} " + " ".join(f"{statistics.mean(r[c] for r in rows):9.3f} ± {statistics.stdev(r[c] for r in rows):4.3f}"
                                              for c in columns))
-    pooled = report(np.concatenate(labels), np.concatenate(probabilities), groups=np.concatenate(groups))
+    labels = np.concatenate([fold.labels for fold in scored])
+    pooled = report(labels, np.concatenate([fold.probabilities for fold in scored]),
+                    groups=np.concatenate([fold.groups for fold in scored]))
     malignant = pooled["per_class"]["malignant"]
     print(f"pooled ({pooled['n']} out-of-fold scans): accuracy {pooled['accuracy']:.3f} "
           f"[{pooled['accuracy_ci'][0]:.3f}, {pooled['accuracy_ci'][1]:.3f}], macro-F1 {pooled['macro_avg']['f1']:.3f} "
@@ -176,7 +196,7 @@ def main() -> None:
           f"{pooled['roc']['malignant']['auc']:.3f} [{pooled['roc']['malignant']['auc_ci'][0]:.3f}, "
           f"{pooled['roc']['malignant']['auc_ci'][1]:.3f}], "
           f"ECE {pooled['calibration']['ece']:.3f}")
-    flagged_all, truth = np.concatenate(flagged), np.concatenate(labels) == MALIGNANT
+    flagged_all, truth = np.concatenate([fold.flagged for fold in scored]), labels == MALIGNANT
     sensitivity, specificity = flagged_all[truth].mean(), (~flagged_all[~truth]).mean()
     print(f"pooled at the validation-chosen thresholds: malignant sensitivity {sensitivity:.3f}, specificity {specificity:.3f}")
     for name in ("benign", "malignant", "normal"):

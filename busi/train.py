@@ -263,7 +263,8 @@ class LesionHead(nn.Module):
         return (per_scan * known).sum() / known.sum().clamp(min=1)
 
 
-def _lesion_head(model: nn.Module, arch: str, size: int, device: torch.device) -> LesionHead:
+def attach_lesion_head(model: nn.Module, arch: str, size: int, device: torch.device) -> LesionHead:
+    """A ``LesionHead`` hooked on ``model``'s last convolutional stage (``size``: the input side)."""
     stage = last_conv_stage(model, arch)
     with torch.no_grad():  # one tiny pass to learn the stage's channel count
         captured = []
@@ -404,7 +405,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
         yield BatchEnd(epoch, batch, batches, loss.item(), len(rows) / (time.perf_counter() - started), len(rows))
 
 
-def _class_weights(labels: np.ndarray) -> torch.Tensor:
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Per-class loss weights inversely proportional to the class counts in ``labels`` (0 for an absent class)."""
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(float)
     weights = np.where(counts > 0, counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
     return torch.tensor(weights, dtype=torch.float32)
@@ -416,8 +418,9 @@ def _augmentation_policy(config: TrainConfig) -> str | None:
     return "flip" if config.flip else None
 
 
-def _optimiser(model: nn.Module, config: TrainConfig, head: nn.Module | None = None,
-               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def build_optimiser(model: nn.Module, config: TrainConfig, head: nn.Module | None = None,
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser and per-epoch schedule ``config`` names, over the model's and the head's parameters."""
     parameters = [*model.parameters(), *(head.parameters() if head else ())]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(parameters, config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -485,10 +488,10 @@ def train(
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
             if config.ema else None
         scored = averaged.module if averaged else model
-        weights = _class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
+        weights = class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        head = _lesion_head(model, config.arch, preprocess.size, device) if config.mask_weight else None
-        optimizer, scheduler = _optimiser(model, config, head)
+        head = attach_lesion_head(model, config.arch, preprocess.size, device) if config.mask_weight else None
+        optimizer, scheduler = build_optimiser(model, config, head)
         if checkpoint:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -500,7 +503,7 @@ def train(
 
         sample_weights = None
         if config.class_weighting == "sampler":
-            per_class = _class_weights(data.labels[train_rows]).numpy()[data.labels[train_rows]]
+            per_class = class_weights(data.labels[train_rows]).numpy()[data.labels[train_rows]]
             sample_weights = per_class / per_class.sum()
         started = time.perf_counter()
         for epoch in range(start_epoch, config.epochs + 1):
