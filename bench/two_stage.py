@@ -190,7 +190,7 @@ def _run_fold(data: Path, fold: int, folds: int, seed: int, out: Path) -> dict:
     crops = np.stack([cut(source, box, size) for source, box in zip(sources, boxes)])
     crop_masks = np.stack([cut(mask, box, size, cv2.INTER_NEAREST) for mask, box in zip(source_masks, boxes)])
     logits = train_crop_classifier(crops, crop_masks, known, labels, parts, rng, device)
-    result = {"logits": logits, "maps": maps.astype(np.float16), "boxes": boxes, "parts": parts,
+    result = {"logits": logits, "maps": maps.astype(np.float16), "boxes": boxes, "parts": parts.astype(str),
               "minutes": np.array([localiser_minutes, (time.perf_counter() - started) / 60])}
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "fold.npz", **result)
