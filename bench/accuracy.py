@@ -20,7 +20,6 @@ import dataclasses
 import json
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +145,7 @@ def main() -> None:
     print_table(scored)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ScoredFold:
     row: dict  # the fold's line of the table
     labels: np.ndarray
