@@ -35,7 +35,7 @@ from torch import nn
 
 from bench.accuracy import DEFAULT_DATA, OUT, print_table, scored_fold
 from busi.augment import augment_batch
-from busi.data import CLASSES, index_dataset
+from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.evaluate import run_predictions
 from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
 from busi.model import batched_logits, build_model, to_model_tensor
@@ -48,6 +48,7 @@ from busi.train import (
     class_weights,
     evaluate,
     lesion_masks,
+    masks_known,
     model_inputs,
     train_one_epoch,
 )
@@ -166,7 +167,7 @@ def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarra
     return batched_logits(model, crops, device, config.batch_size).numpy()
 
 
-def _run_fold(data: Path, fold: int, folds: int, seed: int, out: Path) -> dict:
+def _run_fold(index: DatasetIndex, fold: int, folds: int, seed: int, out: Path) -> dict:
     """Both stages for one fold, saved in ``out``; a finished fold is read back."""
     if (out / "fold.npz").is_file():
         return dict(np.load(out / "fold.npz"))
@@ -174,12 +175,11 @@ def _run_fold(data: Path, fold: int, folds: int, seed: int, out: Path) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng((seed, fold))
     device = torch.device("cpu")
-    index = index_dataset(data)
     size = recipe("best")[1].size
     small, large = PreprocessConfig(size=size), PreprocessConfig(size=SOURCE_SIZE)
     images, masks = model_inputs(index, small), lesion_masks(index, small)
     labels = np.array([CLASSES.index(label) for label in index.labels])
-    known = np.array([record.label == "normal" or bool(record.mask_paths) for record in index.records])
+    known = masks_known(index)
     parts = cross_validation_split(index.labels, index.groups, fold=fold, n_splits=folds, seed=seed)
 
     localiser = train_localiser(images, masks, np.flatnonzero((parts == "train") & known), rng, device)
@@ -197,7 +197,7 @@ def _run_fold(data: Path, fold: int, folds: int, seed: int, out: Path) -> dict:
     return result
 
 
-def _localisation(maps: np.ndarray, boxes: np.ndarray, masks: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+def _localisation(maps: np.ndarray, boxes: np.ndarray, masks: np.ndarray, rows: list[int]) -> dict[str, float]:
     """On the lesion scans in ``rows``: Dice of the map at 0.5, and how often the crop holds at
     least half of the lesion."""
     dice, covered = [], []
@@ -225,11 +225,15 @@ def main() -> None:
     whole = OUT / f"accuracy-best-seed{args.seed}" / f"{args.folds}fold"
     index = index_dataset(args.data)
     masks = lesion_masks(index, PreprocessConfig(size=recipe("best")[1].size))
-    lesion = np.array([label != "normal" and bool(record.mask_paths) for label, record in zip(index.labels, index.records)])
+    lesion = masks_known(index) & (np.array(index.labels) != "normal")
     position = {index.relative_path(record): row for row, record in enumerate(index.records)}
+    missing = [fold for fold in folds if not (whole / f"fold-{fold}" / "predictions.csv").is_file()]
+    if missing:  # checked first: each fold here trains for about ten minutes before it needs them
+        raise SystemExit(f"The whole-scan models of fold(s) {', '.join(map(str, missing))} are missing from {whole}: run "
+                         f".venv/bin/python -m bench.accuracy --recipe best --folds {args.folds} --seed {args.seed} first.")
     crop_only, combined, located = [], [], []
     for fold in folds:
-        result = _run_fold(args.data, fold, args.folds, args.seed, out / f"fold-{fold}")
+        result = _run_fold(index, fold, args.folds, args.seed, out / f"fold-{fold}")
         parts, logits = result["parts"], result["logits"]
         test_whole, val_whole = run_predictions(whole / f"fold-{fold}", "test"), run_predictions(whole / f"fold-{fold}", "val")
         rows = {part: [position[path] for path in p.paths]

@@ -216,7 +216,7 @@ def _prepare_data(data_dir: Path, preprocess: PreprocessConfig, config: TrainCon
     data = _Data(images, labels, parts, [index.relative_path(r) for r in index.records])
     if config.mask_weight:
         data.masks = lesion_masks(index, preprocess)
-        data.mask_known = np.array([record.label == "normal" or bool(record.mask_paths) for record in index.records])
+        data.mask_known = masks_known(index)
     return data, index
 
 
@@ -225,6 +225,12 @@ def model_inputs(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarra
     pipeline = Pipeline(preprocess)
     return cached_inputs(preprocess.to_json(), [record.path for record in index.records],
                          lambda: np.stack([pipeline.model_input(load_scan(record)) for record in index.records]))
+
+
+def masks_known(index: DatasetIndex) -> np.ndarray:
+    """bool (N,): whether each scan's lesion mask is known. A normal scan's is (it has no lesion);
+    a lesion scan filed without a mask is not, and must not teach that it has no lesion."""
+    return np.array([record.label == "normal" or bool(record.mask_paths) for record in index.records])
 
 
 def lesion_masks(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarray:

@@ -1,4 +1,5 @@
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -22,6 +23,7 @@ from busi.train import (
     Stopped,
     TrainConfig,
     load_checkpoint,
+    masks_known,
     model_inputs,
     read_events,
     recompute_batch_norm,
@@ -263,3 +265,15 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
         TrainConfig(**settings)
+
+
+def test_a_lesion_scan_filed_without_its_mask_has_no_known_mask(synthetic_dataset, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, copy)
+    unmasked = next(path for path in sorted(copy.rglob("*_mask.png")) if "malignant" in path.parts)
+    unmasked.unlink()
+    index = index_dataset(copy)
+    known = dict(zip((index.relative_path(record) for record in index.records), masks_known(index)))
+    scan = unmasked.with_name(unmasked.name.replace("_mask", "")).relative_to(index.root).as_posix()
+    assert known.pop(scan) is np.False_
+    assert all(known.values())  # normal scans count as known: they have no lesion to mark
