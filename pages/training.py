@@ -103,6 +103,12 @@ followed = runs_dir / followed_name
 @st.fragment(run_every=1.0 if running is not None and followed == running else None)
 def follow(run_path) -> None:
     summary = summarise_run(run_path, running=active_run(runs_dir) == run_path)
+    if summary.status != "running" and st.session_state.get("tr_was_running") == str(run_path):
+        # The job ended: redraw the whole page so the form is enabled again. Before drawing
+        # anything here, or this run's outcome would show twice while the page reruns.
+        del st.session_state["tr_was_running"]
+        time.sleep(0.1)
+        st.rerun()
     events = read_events(run_path)
     batches = [e for e in events if isinstance(e, BatchEnd)]
     epochs = [e for e in events if isinstance(e, EpochEnd)]
@@ -135,10 +141,6 @@ def follow(run_path) -> None:
     left.plotly_chart(loss, key="tr_loss_chart")
     right.plotly_chart(quality, key="tr_quality_chart")
     st.plotly_chart(figures.batch_loss(events), key="tr_batch_chart")
-    if summary.status != "running" and st.session_state.get("tr_was_running") == str(run_path):
-        del st.session_state["tr_was_running"]
-        time.sleep(0.1)
-        st.rerun()  # the job ended: redraw the whole page so the form is enabled again
     if summary.status == "running":
         st.session_state["tr_was_running"] = str(run_path)
 
