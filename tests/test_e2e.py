@@ -152,7 +152,7 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
 
     open_page(page, server, "evaluation", "Classification report", shots, "evaluation")
     squares = page.locator(".st-key-ev_confusion .scatterlayer .point")
-    assert squares.count() == 9
+    playwright_api.expect(squares).to_have_count(9, timeout=30_000)  # plotly.js draws after the script has finished
     page.locator(".st-key-ev_confusion").scroll_into_view_if_needed()
     box = squares.nth(0).bounding_box()  # true benign, predicted benign; plotly's drag layer takes the click
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
