@@ -3,13 +3,16 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from busi import synth
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 120
@@ -17,6 +20,10 @@ TIMEOUT = 120
 
 def open_page(page: str, **state) -> AppTest:
     """A new session opened on ``pages/{page}.py``, rendered without an exception."""
+    # Imported here so the package's own tests also run where only busi's core needs are
+    # installed (the GPU machine that checks the CUDA path has no Streamlit).
+    from streamlit.testing.v1 import AppTest
+
     app = AppTest.from_file(APP, default_timeout=TIMEOUT)
     for key, value in state.items():
         app.session_state[key] = value

@@ -227,6 +227,21 @@ def test_batch_larger_than_the_data_fails_with_a_message(synthetic_dataset, tmp_
     assert isinstance(events[-1], Failed) and "batch_size 500 exceeds" in events[-1].message
 
 
+def test_running_out_of_memory_fails_with_advice_and_keeps_the_last_epoch(synthetic_dataset, tmp_path, monkeypatch):
+    epochs_begun = []
+
+    def exhausted_in_epoch_two(*args, **kwargs):
+        epochs_begun.append(args[10])
+        if len(epochs_begun) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr("busi.train.train_one_epoch", exhausted_in_epoch_two)
+    events = list(train(synthetic_dataset, tmp_path, TINY, SMALL))
+    assert events[-1] == Failed("Out of memory: lower the batch size or the image size, or train on the CPU.")
+    assert epochs_begun == [1, 2] and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(b"", "not a usable busi checkpoint"), (b"PK\x03\x04truncated", "not a usable busi checkpoint")],
