@@ -155,7 +155,8 @@ def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarra
     best_f1, best_state = -1.0, None
     for epoch in range(1, config.epochs + 1):
         for _ in train_one_epoch(model, criterion, optimiser, crops, labels, rng.permutation(train_rows), config.batch_size,
-                                 device, config.augment, rng, epoch, (head, masks, known, config.mask_weight), None, config.mixup):
+                                 device, config.augment, rng, epoch, (head, masks, known, config.mask_weight), None, config.mixup,
+                                 config.cutmix):
             pass  # the batch events matter to the app, not to this benchmark
         schedule.step()
         _, probabilities = evaluate(model, criterion, crops[val_rows], labels[val_rows], device, config.batch_size)

@@ -62,6 +62,7 @@ class TrainConfig:
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
     mixup: float = 0.0  # alpha of the Beta distribution of mixup's blend share; 0 = off
+    cutmix: float = 0.0  # alpha of the Beta distribution of CutMix's kept share; 0 = off; with mixup, half the batches each
     # Before each validation, recompute BatchNorm's statistics over the un-augmented training scans:
     # the running averages gathered on augmented, blended batches do not describe clean scans.
     precise_bn: bool = False
@@ -99,8 +100,9 @@ class TrainConfig:
             raise ParameterError(f"ema must be in [0, 1) (0 turns it off), got {self.ema}.")
         if self.member < 0:
             raise ParameterError(f"member must be 0 or more, got {self.member}.")
-        if self.mixup < 0:
-            raise ParameterError(f"mixup must be 0 (off) or more, got {self.mixup}.")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ParameterError(f"{name} must be 0 (off) or more, got {getattr(self, name)}.")
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -366,20 +368,54 @@ def recompute_batch_norm(model: nn.Module, images: np.ndarray, device: torch.dev
                for start in range(0, len(images), batch_size)), model)
 
 
-def _blend(values: torch.Tensor, share: float, partner: torch.Tensor | None) -> torch.Tensor:
-    """Mixup's blend of each row with its partner row (``None``: no mixup)."""
-    return values if partner is None else share * values + (1 - share) * values[partner]
+@dataclass(frozen=True)
+class Mix:
+    """How one batch is mixed: row i with row ``partner[i]``, keeping ``share`` of its own label.
+    Without ``box`` the two scans are blended (mixup); with it, the partner's pixels inside
+    ``box`` = (top, left, bottom, right) replace the row's own (CutMix)."""
+
+    share: float
+    partner: torch.Tensor
+    box: tuple[int, int, int, int] | None = None
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (N, ..., H, W), scans or lesion maps alike, mixed."""
+        if self.box is None:
+            return self.share * values + (1 - self.share) * values[self.partner]
+        top, left, bottom, right = self.box
+        mixed = values.clone()
+        mixed[..., top:bottom, left:right] = values[self.partner][..., top:bottom, left:right]
+        return mixed
+
+
+def draw_mix(rng: np.random.Generator, rows: int, side: int, mixup: float, cutmix: float,
+             device: torch.device) -> Mix | None:
+    """This batch's ``Mix`` (``None`` when both are off). With both on, each batch is one or the other at even odds."""
+    if not (mixup or cutmix):
+        return None
+    if mixup and (not cutmix or rng.random() < 0.5):
+        share = float(rng.beta(mixup, mixup))
+        return Mix(share, torch.from_numpy(rng.permutation(rows)).to(device))
+    # CutMix (Yun et al. 2019): a box of area 1 - λ of the scan around a uniform centre, clipped
+    # to the scan; the label share is the area actually kept.
+    cut = round(side * math.sqrt(1 - rng.beta(cutmix, cutmix)))
+    centre_y, centre_x = rng.integers(side, size=2)
+    top, bottom = max(centre_y - cut // 2, 0), min(centre_y + cut - cut // 2, side)
+    left, right = max(centre_x - cut // 2, 0), min(centre_x + cut - cut // 2, side)
+    share = 1 - (bottom - top) * (right - left) / side**2
+    return Mix(share, torch.from_numpy(rng.permutation(rows)).to(device), (int(top), int(left), int(bottom), int(right)))
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: np.ndarray,
                     labels: np.ndarray, order: np.ndarray, batch_size: int, device: torch.device, augment: str | None,
                     rng: np.random.Generator, epoch: int, lesion: tuple[LesionHead, np.ndarray, np.ndarray, float] | None = None,
-                    averaged: AveragedModel | None = None, mixup: float = 0.0) -> Iterator[BatchEnd]:
+                    averaged: AveragedModel | None = None, mixup: float = 0.0, cutmix: float = 0.0) -> Iterator[BatchEnd]:
     """One pass over ``order`` (row numbers) in batches; yields after each optimiser step so the
     caller can report progress and stop between batches. ``lesion`` = (head, masks, mask_known,
     weight) adds the auxiliary lesion-map loss; ``averaged`` follows the weights after every step;
     ``mixup`` > 0 trains on blends of two scans (Zhang et al. 2018), the blend share drawn from
-    Beta(mixup, mixup), with the same blend of their labels and lesion maps."""
+    Beta(mixup, mixup), with the same blend of their labels and lesion maps; ``cutmix`` > 0 pastes a
+    box of another scan instead (see ``draw_mix``), its lesion map alike, the labels shared by area."""
     model.train()
     batches = math.ceil(len(order) / batch_size)
     for batch, rows in enumerate(np.array_split(order, batches), start=1):
@@ -390,19 +426,19 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             batch_images, batch_masks = augment_batch(batch_images, rng, augment, batch_masks)
         x = to_model_tensor(torch.from_numpy(np.ascontiguousarray(batch_images)).to(device))
         targets = torch.from_numpy(labels[rows]).to(device)
-        share, partner = (float(rng.beta(mixup, mixup)), torch.from_numpy(rng.permutation(len(rows))).to(device)) \
-            if mixup else (1.0, None)
-        outputs = model(_blend(x, share, partner))
+        mix = draw_mix(rng, len(rows), x.shape[-1], mixup, cutmix, device)
+        outputs = model(mix(x) if mix else x)
         # The blend of the losses against both labels, as in the mixup authors' reference code; with unweighted
         # classes this equals the loss of the blended label (cross-entropy is linear in its target).
-        loss = criterion(outputs, targets) if partner is None else \
-            share * criterion(outputs, targets) + (1 - share) * criterion(outputs, targets[partner])
+        loss = criterion(outputs, targets) if mix is None else \
+            mix.share * criterion(outputs, targets) + (1 - mix.share) * criterion(outputs, targets[mix.partner])
         if lesion:
             head, _, known, weight = lesion
             masks = torch.from_numpy(np.ascontiguousarray(batch_masks)).to(device).float()
             mask_known = torch.from_numpy(known[rows]).float().to(device)
-            # A blend has a known lesion map only when both its scans do.
-            loss = loss + weight * head.loss(_blend(masks, share, partner), mask_known if partner is None else mask_known * mask_known[partner])
+            # A mix has a known lesion map only when both its scans do.
+            loss = loss + weight * (head.loss(masks, mask_known) if mix is None else
+                                    head.loss(mix(masks), mask_known * mask_known[mix.partner]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -521,7 +557,7 @@ def train(
             for event in train_one_epoch(model, criterion, optimizer, data.images, data.labels, order,
                                          config.batch_size, device, _augmentation_policy(config), rng, epoch,
                                          (head, data.masks, data.mask_known, config.mask_weight) if head else None,
-                                         averaged, config.mixup):
+                                         averaged, config.mixup, config.cutmix):
                 epoch_loss += event.loss * event.size
                 yield emit(event)
                 if (run / STOP_FILE).exists():

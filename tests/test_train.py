@@ -22,6 +22,7 @@ from busi.train import (
     LesionHead,
     Stopped,
     TrainConfig,
+    draw_mix,
     load_checkpoint,
     masks_known,
     model_inputs,
@@ -177,6 +178,46 @@ def test_mixup_trains_on_blends_of_two_scans_and_of_their_labels():
     assert event.loss == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_cutmix_pastes_a_box_of_the_partner_scan_and_shares_the_labels_by_area():
+    images = np.stack([np.full((16, 16), value, np.uint8) for value in (0, 80, 160, 240)])
+    labels = np.array([0, 1, 2, 0])
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
+    criterion = torch.nn.CrossEntropyLoss()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    [event] = train_one_epoch(model, criterion, frozen, images, labels, np.arange(4), 4, torch.device("cpu"), None,
+                              np.random.default_rng(5), 1, cutmix=1.0)
+    mix = draw_mix(np.random.default_rng(5), 4, 16, 0.0, 1.0, torch.device("cpu"))
+    top, left, bottom, right = mix.box
+    inside = np.zeros((16, 16), bool)
+    inside[top:bottom, left:right] = True
+    assert 0 < inside.sum() < 256 and mix.share == pytest.approx(1 - inside.mean())
+    plain = to_model_tensor(torch.from_numpy(images))
+    own, pasted = plain[:, 0, 0, 0], plain[mix.partner, 0, 0, 0]
+    for row in range(4):
+        torch.testing.assert_close(seen[0][row, 0][torch.from_numpy(inside)], pasted[row].expand(int(inside.sum())))
+        torch.testing.assert_close(seen[0][row, 0][torch.from_numpy(~inside)], own[row].expand(int((~inside).sum())))
+    with torch.no_grad():
+        outputs = model(seen[0])
+    expected = mix.share * criterion(outputs, torch.from_numpy(labels)) + \
+        (1 - mix.share) * criterion(outputs, torch.from_numpy(labels[mix.partner]))
+    assert event.loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_with_mixup_and_cutmix_both_on_batches_use_each_about_half_the_time():
+    rng = np.random.default_rng(0)
+    boxes = [draw_mix(rng, 8, 32, 0.4, 1.0, torch.device("cpu")).box is not None for _ in range(400)]
+    assert 160 < sum(boxes) < 240
+    assert draw_mix(rng, 8, 32, 0.0, 0.0, torch.device("cpu")) is None
+
+
+def test_training_with_cutmix_beside_mixup_and_the_lesion_loss_finishes_and_records_the_setting(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", mask_weight=1.0, cutmix=1.0, mixup=0.4)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["cutmix"] == 1.0
+
+
 @pytest.mark.parametrize("precise_bn", [True, False])
 def test_precise_batch_norm_scores_and_saves_statistics_of_the_clean_training_scans(synthetic_dataset, tmp_path, precise_bn):
     config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", augment="ultrasound", mixup=0.4,
@@ -274,7 +315,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"), ({"lr": 0}, "lr"),
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
-     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup"),
+     ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup"), ({"cutmix": -0.5}, "cutmix"),
      ({"member": -1}, "member must be 0 or more")],
 )
 def test_invalid_training_settings(settings, message):
