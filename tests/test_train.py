@@ -157,52 +157,48 @@ def test_resume_continues_the_weight_average(synthetic_dataset, tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["ema"]["n_averaged"].item() == 2 * per_epoch + 1
 
 
-def test_mixup_trains_on_blends_of_two_scans_and_of_their_labels():
-    images = np.stack([np.full((8, 8), value, np.uint8) for value in (0, 80, 160, 240)])
-    labels = np.array([0, 1, 2, 0])
+def _frozen_batch(side: int, seed: int, **mixing):
+    """Four flat grey scans (0, 80, 160, 240) through a tiny model that does not learn, as one
+    mixed batch: what the model saw, the plain inputs, the batch's loss, and the loss expected
+    for a mix with ``share`` of each row's own label and the rest of its ``partner``'s."""
+    images = np.stack([np.full((side, side), value, np.uint8) for value in (0, 80, 160, 240)])
+    labels = torch.tensor([0, 1, 2, 0])
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
     seen = []
     model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
     criterion = torch.nn.CrossEntropyLoss()
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    [event] = train_one_epoch(model, criterion, frozen, images, labels, np.arange(4), 4, torch.device("cpu"), None,
-                              np.random.default_rng(7), 1, mixup=0.4)
+    [event] = train_one_epoch(model, criterion, frozen, images, labels.numpy(), np.arange(4), 4, torch.device("cpu"), None,
+                              np.random.default_rng(seed), 1, **mixing)
+
+    def expected_loss(share: float, partner) -> float:
+        with torch.no_grad():
+            outputs = model(seen[0])
+        return (share * criterion(outputs, labels) + (1 - share) * criterion(outputs, labels[partner])).item()
+
+    return seen[0], to_model_tensor(torch.from_numpy(images)), event.loss, expected_loss
+
+
+def test_mixup_trains_on_blends_of_two_scans_and_of_their_labels():
+    seen, plain, loss, expected_loss = _frozen_batch(8, 7, mixup=0.4)
     replay = np.random.default_rng(7)
     share, partner = replay.beta(0.4, 0.4), replay.permutation(4)
     assert 0 < share < 1 and not (partner == np.arange(4)).all()
-    plain = to_model_tensor(torch.from_numpy(images))
-    torch.testing.assert_close(seen[0], share * plain + (1 - share) * plain[partner])
-    with torch.no_grad():
-        outputs = model(seen[0])
-    expected = share * criterion(outputs, torch.from_numpy(labels)) + (1 - share) * criterion(outputs, torch.from_numpy(labels[partner]))
-    assert event.loss == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(seen, share * plain + (1 - share) * plain[partner])
+    assert loss == pytest.approx(expected_loss(share, partner), rel=1e-5)
 
 
 def test_cutmix_pastes_a_box_of_the_partner_scan_and_shares_the_labels_by_area():
-    images = np.stack([np.full((16, 16), value, np.uint8) for value in (0, 80, 160, 240)])
-    labels = np.array([0, 1, 2, 0])
-    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3))
-    seen = []
-    model.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].clone()))
-    criterion = torch.nn.CrossEntropyLoss()
-    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
-    [event] = train_one_epoch(model, criterion, frozen, images, labels, np.arange(4), 4, torch.device("cpu"), None,
-                              np.random.default_rng(5), 1, cutmix=1.0)
+    seen, plain, loss, expected_loss = _frozen_batch(16, 5, cutmix=1.0)
     mix = draw_mix(np.random.default_rng(5), 4, 16, 0.0, 1.0, torch.device("cpu"))
     top, left, bottom, right = mix.box
-    inside = np.zeros((16, 16), bool)
+    inside = torch.zeros((16, 16), dtype=torch.bool)
     inside[top:bottom, left:right] = True
-    assert 0 < inside.sum() < 256 and mix.share == pytest.approx(1 - inside.mean())
-    plain = to_model_tensor(torch.from_numpy(images))
+    assert 0 < inside.sum() < 256 and mix.share == pytest.approx(1 - inside.float().mean().item())
     own, pasted = plain[:, 0, 0, 0], plain[mix.partner, 0, 0, 0]
     for row in range(4):
-        torch.testing.assert_close(seen[0][row, 0][torch.from_numpy(inside)], pasted[row].expand(int(inside.sum())))
-        torch.testing.assert_close(seen[0][row, 0][torch.from_numpy(~inside)], own[row].expand(int((~inside).sum())))
-    with torch.no_grad():
-        outputs = model(seen[0])
-    expected = mix.share * criterion(outputs, torch.from_numpy(labels)) + \
-        (1 - mix.share) * criterion(outputs, torch.from_numpy(labels[mix.partner]))
-    assert event.loss == pytest.approx(expected.item(), rel=1e-5)
+        assert (seen[row, 0][inside] == pasted[row]).all() and (seen[row, 0][~inside] == own[row]).all()
+    assert loss == pytest.approx(expected_loss(mix.share, mix.partner), rel=1e-5)
 
 
 def test_with_mixup_and_cutmix_both_on_batches_use_each_about_half_the_time():
