@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from bench.accuracy import DEFAULT_DATA
 from busi.data import index_dataset, load_scan
 from busi.imageio import encode_png, read_mask
+from busi.preprocess import rescale
 
 
 def write_portable_copy(data: Path, out: Path, side: int) -> int:
@@ -41,10 +41,7 @@ def shrunk(image: np.ndarray, side: int) -> np.ndarray:
     scale = side / max(height, width)
     if scale >= 1:
         return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if image.dtype == bool:
-        return cv2.resize(image.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return rescale(image, max(1, round(width * scale)), max(1, round(height * scale)))
 
 
 def main() -> None:

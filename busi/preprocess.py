@@ -69,21 +69,27 @@ def resize(image: np.ndarray, size: int, *, keep_aspect: bool = True) -> np.ndar
     if not is_mask:
         _check_image(image)
     height, width = image.shape
-    source = image.astype(np.uint8) if is_mask else image
     if keep_aspect:
         scale = size / max(height, width)
         new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
     else:
         new_width = new_height = size
-    shrinking = new_width * new_height < width * height
-    interpolation = cv2.INTER_NEAREST if is_mask else (cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    scaled = cv2.resize(source, (new_width, new_height), interpolation=interpolation)
+    scaled = rescale(image, new_width, new_height)
     if keep_aspect:
         top, left = (size - new_height) // 2, (size - new_width) // 2
-        padded = np.zeros((size, size), dtype=np.uint8)
+        padded = np.zeros((size, size), dtype=scaled.dtype)
         padded[top : top + new_height, left : left + new_width] = scaled
         scaled = padded
-    return scaled.astype(bool) if is_mask else scaled
+    return scaled
+
+
+def rescale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Grey uint8 or bool mask -> (height, width) of the same dtype: nearest neighbour for masks
+    (they stay binary), area averaging when shrinking a scan, linear when enlarging one."""
+    if image.dtype == bool:
+        return cv2.resize(image.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    shrinking = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def to_scan_geometry(values: np.ndarray, shape: tuple[int, int], *, keep_aspect: bool) -> np.ndarray:
