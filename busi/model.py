@@ -29,13 +29,17 @@ class _Architecture:
     weights: models.WeightsEnum
     head: str  # attribute path of the final Linear layer
     last_conv_stage: str  # attribute path Grad-CAM hooks
+    # The stages before it at 1/16 and 1/8 of the input's side, for finer auxiliary lesion maps.
+    earlier_stages: tuple[str, str]
 
 
 ARCHITECTURES: dict[str, _Architecture] = {
-    "resnet50": _Architecture(models.resnet50, models.ResNet50_Weights.DEFAULT, "fc", "layer4"),
-    "resnet18": _Architecture(models.resnet18, models.ResNet18_Weights.DEFAULT, "fc", "layer4"),
-    "efficientnet_b0": _Architecture(models.efficientnet_b0, models.EfficientNet_B0_Weights.DEFAULT, "classifier.1", "features"),
-    "densenet121": _Architecture(models.densenet121, models.DenseNet121_Weights.DEFAULT, "classifier", "features"),
+    "resnet50": _Architecture(models.resnet50, models.ResNet50_Weights.DEFAULT, "fc", "layer4", ("layer3", "layer2")),
+    "resnet18": _Architecture(models.resnet18, models.ResNet18_Weights.DEFAULT, "fc", "layer4", ("layer3", "layer2")),
+    "efficientnet_b0": _Architecture(models.efficientnet_b0, models.EfficientNet_B0_Weights.DEFAULT, "classifier.1",
+                                     "features", ("features.5", "features.3")),
+    "densenet121": _Architecture(models.densenet121, models.DenseNet121_Weights.DEFAULT, "classifier", "features",
+                                 ("features.denseblock3", "features.denseblock2")),
 }
 
 
@@ -61,6 +65,15 @@ def _replace_head(model: nn.Module, path: str, num_classes: int) -> None:
 def last_conv_stage(model: nn.Module, arch: str) -> nn.Module:
     """The module whose output Grad-CAM explains (the last convolutional stage)."""
     return model.get_submodule(_architecture(arch).last_conv_stage)
+
+
+def lesion_map_stages(model: nn.Module, arch: str, scales: int) -> list[nn.Module]:
+    """The last convolutional stage and then up to two earlier ones, each finer by a factor of two:
+    the stages that auxiliary lesion maps are predicted from (``scales``: how many, 1 to 3)."""
+    if not 1 <= scales <= 3:
+        raise ParameterError(f"scales must be 1, 2 or 3, got {scales}.")
+    spec = _architecture(arch)
+    return [model.get_submodule(path) for path in (spec.last_conv_stage, *spec.earlier_stages)[:scales]]
 
 
 def _imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:

@@ -7,12 +7,13 @@ follow the run. The library never prints.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from busi.data import CLASSES, DatasetIndex, index_dataset, load_mask, load_scan
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
 from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
-from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
+from busi.model import batched_logits, build_model, lesion_map_stages, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, resize
 from busi.split import cross_validation_split, three_way_split, write_manifest
 
@@ -60,6 +61,7 @@ class TrainConfig:
     augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle)
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
+    mask_scales: int = 1  # lesion maps from the last stage (1) and from one or two earlier, finer stages (2, 3)
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
     mixup: float = 0.0  # alpha of the Beta distribution of mixup's blend share; 0 = off
     cutmix: float = 0.0  # alpha of the Beta distribution of CutMix's kept share; 0 = off; with mixup, half the batches each
@@ -94,6 +96,8 @@ class TrainConfig:
             raise ParameterError(f"fold must be between 0 and {self.folds - 1}, got {self.fold}.")
         if self.mask_weight < 0:
             raise ParameterError(f"mask_weight must be 0 or more, got {self.mask_weight}.")
+        if self.mask_scales not in (1, 2, 3):
+            raise ParameterError(f"mask_scales must be 1, 2 or 3, got {self.mask_scales}.")
         if not 0 <= self.label_smoothing < 1:
             raise ParameterError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if not 0 <= self.ema < 1:
@@ -247,42 +251,59 @@ def lesion_masks(index: DatasetIndex, preprocess: PreprocessConfig) -> np.ndarra
 
 
 class LesionHead(nn.Module):
-    """Training-only auxiliary head: predicts a coarse lesion map from the backbone's last stage
-    (captured by a hook), so the classifier learns where lesions are. It is not part of the
-    saved model: at prediction time the model sees the scan alone."""
+    """Training-only auxiliary head: predicts lesion maps from backbone stages (captured by hooks),
+    so the classifier learns where lesions are. ``stages`` run from the last stage (``conv``, the
+    coarsest map) to earlier, finer ones (``finer``), whose maps also ask the earlier layers to
+    trace the lesion's outline. It is not part of the saved model: at prediction time the model
+    sees the scan alone."""
 
-    def __init__(self, stage: nn.Module, channels: int) -> None:
+    def __init__(self, stages: Sequence[nn.Module], channels: Sequence[int]) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, 1, kernel_size=1)
-        self._features: torch.Tensor | None = None
-        self._handle = stage.register_forward_hook(self._capture)
+        self.conv = nn.Conv2d(channels[0], 1, kernel_size=1)
+        self.finer = nn.ModuleList(nn.Conv2d(count, 1, kernel_size=1) for count in channels[1:])
+        self._features: list[torch.Tensor | None] = [None] * len(stages)
+        self._handles = [stage.register_forward_hook(functools.partial(self._capture, position))
+                         for position, stage in enumerate(stages)]
 
-    def _capture(self, module, inputs, output: torch.Tensor) -> None:
-        self._features = output
+    def _capture(self, position: int, module, inputs, output: torch.Tensor) -> None:
+        self._features[position] = output
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
     def loss(self, masks: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy against the share of lesion in each cell, scans with a known mask only."""
-        logits = self.conv(self._features)[:, 0]
-        target = F.adaptive_avg_pool2d(masks.float()[:, None] / 255.0, logits.shape[-2:])[:, 0]
-        per_scan = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        """Binary cross-entropy against the share of lesion in each cell, scans with a known mask
+        only; the mean over the maps."""
+        per_scan = 0
+        for conv, features in zip((self.conv, *self.finer), self._features, strict=True):
+            logits = conv(features)[:, 0]
+            target = F.adaptive_avg_pool2d(masks.float()[:, None] / 255.0, logits.shape[-2:])[:, 0]
+            per_scan = per_scan + F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        per_scan = per_scan / len(self._features)
         return (per_scan * known).sum() / known.sum().clamp(min=1)
 
 
-def attach_lesion_head(model: nn.Module, arch: str, size: int, device: torch.device) -> LesionHead:
-    """A ``LesionHead`` hooked on ``model``'s last convolutional stage (``size``: the input side)."""
-    stage = last_conv_stage(model, arch)
-    with torch.no_grad():  # one tiny pass to learn the stage's channel count
-        captured = []
-        handle = stage.register_forward_hook(lambda module, inputs, output: captured.append(output.shape[1]))
+def attach_lesion_head(model: nn.Module, arch: str, size: int, device: torch.device, scales: int = 1) -> LesionHead:
+    """A ``LesionHead`` hooked on ``model``'s last convolutional stage and ``scales`` - 1 earlier
+    ones (``size``: the input side)."""
+    stages = lesion_map_stages(model, arch, scales)
+    channels = [0] * len(stages)
+
+    def remember_channels(position: int):
+        def hook(module, inputs, output: torch.Tensor) -> None:
+            channels[position] = output.shape[1]
+        return hook
+
+    with torch.no_grad():  # one tiny pass to learn the stages' channel counts
+        handles = [stage.register_forward_hook(remember_channels(position)) for position, stage in enumerate(stages)]
         was_training = model.training
         model.eval()
         model(torch.zeros(1, 3, min(size, 64), min(size, 64), device=device))
         model.train(was_training)
-        handle.remove()
-    return LesionHead(stage, captured[0]).to(device)
+        for handle in handles:
+            handle.remove()
+    return LesionHead(stages, channels).to(device)
 
 
 def input_statistics(images: np.ndarray) -> dict[str, float]:
@@ -532,7 +553,8 @@ def train(
         scored = averaged.module if averaged else model
         weights = class_weights(data.labels[train_rows]).to(device) if config.class_weighting == "loss" else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-        head = attach_lesion_head(model, config.arch, preprocess.size, device) if config.mask_weight else None
+        head = attach_lesion_head(model, config.arch, preprocess.size, device, config.mask_scales) \
+            if config.mask_weight else None
         optimizer, scheduler = build_optimiser(model, config, head)
         if checkpoint:
             model.load_state_dict(checkpoint["model"])

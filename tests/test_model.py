@@ -5,7 +5,7 @@ import torch
 from torchvision import models
 
 from busi.errors import BusiError, ParameterError
-from busi.model import ARCHITECTURES, build_model, last_conv_stage, to_model_tensor
+from busi.model import ARCHITECTURES, build_model, last_conv_stage, lesion_map_stages, to_model_tensor
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -15,6 +15,23 @@ def test_every_architecture_gives_three_logits(arch):
         out = model(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, 3)
     assert isinstance(last_conv_stage(model, arch), torch.nn.Module)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_the_lesion_map_stages_start_at_the_last_and_each_doubles_the_resolution(arch):
+    model = build_model(arch, 3, "none").eval()
+    stages = lesion_map_stages(model, arch, 3)
+    assert stages[0] is last_conv_stage(model, arch)
+    outputs = {}
+    handles = [stage.register_forward_hook(lambda module, inputs, output, stage=stage: outputs.update({stage: output}))
+               for stage in stages]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 128, 128))
+    for handle in handles:
+        handle.remove()
+    assert [outputs[stage].shape[-1] for stage in stages] == [4, 8, 16]
+    with pytest.raises(ParameterError, match="scales must be 1, 2 or 3"):
+        lesion_map_stages(model, arch, 4)
 
 
 def test_local_weights_file_loads_the_backbone_not_the_head(tmp_path):

@@ -233,7 +233,7 @@ def test_precise_batch_norm_scores_and_saves_statistics_of_the_clean_training_sc
 
 def test_the_lesion_loss_counts_only_scans_with_known_masks():
     stage = torch.nn.Identity()
-    head = LesionHead(stage, channels=1)
+    head = LesionHead([stage], [1])
     with torch.no_grad():
         head.conv.weight.fill_(0.0)
         head.conv.bias.fill_(5.0)  # predicts lesion everywhere
@@ -245,6 +245,37 @@ def test_the_lesion_loss_counts_only_scans_with_known_masks():
     assert head.loss(masks, torch.tensor([0.0, 0.0])).item() == 0.0
     head.remove()
     assert not stage._forward_hooks
+
+
+def test_finer_lesion_maps_each_see_their_own_resolution_and_the_loss_is_their_mean():
+    coarse, fine = torch.nn.Identity(), torch.nn.Identity()
+    head = LesionHead([coarse, fine], [1, 1])
+    with torch.no_grad():
+        for conv in (head.conv, head.finer[0]):
+            conv.weight.fill_(1.0)
+            conv.bias.fill_(0.0)  # the map's logit is the feature itself
+    mask = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    mask[0, :2, :2] = 255  # the top left quarter is lesion
+    coarse(torch.zeros(1, 1, 1, 1))  # one cell, a quarter lesion: target 0.25
+    fine(torch.tensor([[[[9.0, -9.0], [-9.0, -9.0]]]]))  # 2 x 2 cells, confidently right
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    coarse_loss = bce(torch.zeros(1), torch.tensor([0.25])).item()
+    fine_loss = bce(torch.tensor([9.0, -9.0, -9.0, -9.0]), torch.tensor([1.0, 0.0, 0.0, 0.0])).item()
+    assert head.loss(mask, torch.ones(1)).item() == pytest.approx((coarse_loss + fine_loss) / 2, rel=1e-5)
+    head.remove()
+    assert not coarse._forward_hooks and not fine._forward_hooks
+
+
+def test_lesion_maps_from_three_stages_train_and_resume(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, device="cpu", mask_weight=1.0, mask_scales=3)
+    for event in train(synthetic_dataset, tmp_path, config, SMALL):
+        if isinstance(event, EpochEnd):
+            (tmp_path / "STOP").touch()
+    head = load_checkpoint(tmp_path / "checkpoint.pt")["lesion_head"]
+    assert {name: tuple(value.shape) for name, value in head.items() if name.endswith("weight")} == \
+        {"conv.weight": (1, 512, 1, 1), "finer.0.weight": (1, 256, 1, 1), "finer.1.weight": (1, 128, 1, 1)}
+    assert isinstance(list(train(synthetic_dataset, tmp_path, resume=True))[-1], Done)
+    build_model("resnet18", 3).load_state_dict(load_checkpoint(tmp_path / "best.pt")["model"])
 
 
 def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset, tmp_path):
@@ -313,7 +344,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
      ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup"), ({"cutmix": -0.5}, "cutmix"),
-     ({"member": -1}, "member must be 0 or more")],
+     ({"member": -1}, "member must be 0 or more"), ({"mask_scales": 4}, "mask_scales must be 1, 2 or 3")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
