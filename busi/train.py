@@ -68,6 +68,10 @@ class TrainConfig:
     # Before each validation, recompute BatchNorm's statistics over the un-augmented training scans:
     # the running averages gathered on augmented, blended batches do not describe clean scans.
     precise_bn: bool = False
+    # Which epoch's weights become the model (best.pt): the one with the best validation macro-F1,
+    # or the last. With a few dozen validation scans the best-scoring epoch is partly luck, and the
+    # end of a decaying schedule is the steadier choice (BENCHMARKS.md).
+    keep: str = "best"
     seed: int = 0
     # Ensemble member: the split that `seed` gives, with another initialisation and batch order.
     member: int = 0
@@ -84,7 +88,7 @@ class TrainConfig:
             raise ParameterError(f"lr must be positive, got {self.lr}.")
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "cosine"),
                    "class_weighting": ("none", "loss", "sampler"), "device": ("auto", "cpu", "cuda", "mps"),
-                   "augment": ("none", "ultrasound")}
+                   "augment": ("none", "ultrasound"), "keep": ("best", "last")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")
@@ -138,6 +142,8 @@ class EpochEnd:
 
 @dataclass(frozen=True)
 class Done:
+    """The run ended; ``best_epoch`` is the epoch whose weights the model keeps (``TrainConfig.keep``)."""
+
     best_epoch: int
     best_val_macro_f1: float
     kind: str = "done"
@@ -595,7 +601,8 @@ def train(
                 recompute_batch_norm(scored, data.images[train_rows], device, config.batch_size)
             val_loss, probabilities = evaluate(scored, criterion, data.images[val_rows], data.labels[val_rows], device, config.batch_size)
             summary = summarise(data.labels[val_rows], probabilities.argmax(1))
-            if summary["macro_f1"] > best[1]:
+            kept = summary["macro_f1"] > best[1] if config.keep == "best" else epoch == config.epochs
+            if kept:
                 best = (epoch, summary["macro_f1"])
                 _save_atomic(run / BEST_CHECKPOINT, _model_state(scored, config, preprocess, stats))
             _save_checkpoint(run / CHECKPOINT, model, optimizer, scheduler, epoch, config, preprocess, stats, best, head, averaged)

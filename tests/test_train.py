@@ -74,6 +74,18 @@ def test_reloaded_best_model_reproduces_its_predictions(synthetic_dataset, tmp_p
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_model_is_the_best_scoring_epoch_or_the_last(synthetic_dataset, tmp_path, keep):
+    events = list(train(synthetic_dataset, tmp_path, replace(TINY, epochs=4, keep=keep), SMALL))
+    scores = [e.val_macro_f1 for e in events if isinstance(e, EpochEnd)]
+    best_scoring = int(np.argmax(scores)) + 1
+    assert best_scoring != 4  # otherwise both choices agree and this test could not tell them apart
+    kept = best_scoring if keep == "best" else 4
+    assert events[-1] == Done(kept, scores[kept - 1])
+    model, final = (load_checkpoint(tmp_path / name)["model"] for name in ("best.pt", "checkpoint.pt"))
+    assert all(torch.equal(model[name], final[name]) for name in final) == (keep == "last")
+
+
 def test_a_cross_validation_fold_tests_on_that_fold(synthetic_dataset, tmp_path):
     config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", folds=3, fold=1)
     assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
@@ -344,7 +356,8 @@ def test_foreign_checkpoint_is_refused(tmp_path):
      ({"label_smoothing": 1.0}, "label_smoothing"), ({"device": "tpu"}, "device"), ({"folds": 1}, "folds"),
      ({"folds": 5, "fold": 5}, "fold must be between 0 and 4"), ({"augment": "vertical"}, "augment"),
      ({"epochs": 3, "warmup_epochs": 3}, "warmup_epochs"), ({"ema": 1.0}, "ema must be in"), ({"mixup": -1}, "mixup"), ({"cutmix": -0.5}, "cutmix"),
-     ({"member": -1}, "member must be 0 or more"), ({"mask_scales": 4}, "mask_scales must be 1, 2 or 3")],
+     ({"member": -1}, "member must be 0 or more"), ({"mask_scales": 4}, "mask_scales must be 1, 2 or 3"),
+     ({"keep": "first"}, "keep must be one of best, last")],
 )
 def test_invalid_training_settings(settings, message):
     with pytest.raises(BusiError, match=message):
