@@ -24,28 +24,44 @@ from pathlib import Path
 
 import numpy as np
 
+from busi.config import config_from_dict
 from busi.data import index_dataset, load_scan
 from busi.evaluate import Predictions, decide, operating_point, report, run_predictions, threshold_for_sensitivity
 from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperature
 from busi.model import batched_logits
 from busi.predict import load_classifier
+from busi.preprocess import PreprocessConfig
 from busi.recipes import RECIPES, recipe
-from busi.train import CHECKPOINT, Done, train
+from busi.train import CHECKPOINT, Done, TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
 TARGET_SENSITIVITY = 0.9
 
 
-def _train_fold(data: Path, run: Path, config, preprocess) -> float:
+def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> float:
     """Wall seconds of training (0 when a finished run is reused)."""
     if (run / "predictions.csv").is_file():
+        _check_settings(run, config, preprocess)
         return 0.0
     started = time.perf_counter()
     events = list(train(data, run, config, preprocess))
     if not isinstance(events[-1], Done):
         raise SystemExit(f"{run}: {events[-1]}")
     return time.perf_counter() - started
+
+
+def _check_settings(run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> None:
+    """Stop when a finished run was trained with other settings than asked for (threads and device
+    aside), e.g. before a recipe changed: its scores must not be reported under these settings."""
+    saved = json.loads((run / "config.json").read_text())
+    trained = dataclasses.replace(config_from_dict(TrainConfig, saved["train"]), threads=config.threads, device=config.device)
+    differing = [f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
+                 for old, new in ((trained, config), (config_from_dict(PreprocessConfig, saved["preprocess"]), preprocess))
+                 for name in (field.name for field in dataclasses.fields(new)) if getattr(old, name) != getattr(new, name)]
+    if differing:
+        raise SystemExit(f"{run} was trained with other settings ({'; '.join(differing)}): move it away to train "
+                         "it again with these.")
 
 
 def _calibrated(run: Path, test, validation) -> tuple[np.ndarray, float]:

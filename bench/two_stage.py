@@ -145,7 +145,7 @@ def cut(image: np.ndarray, box: tuple[float, float, float], size: int, interpola
 def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarray, labels: np.ndarray, parts: np.ndarray,
                           rng: np.random.Generator, device: torch.device) -> np.ndarray:
     """The best recipe's training on the crops, the epoch chosen on the validation crops' macro-F1
-    as the engine does; logits (N, C) of every crop with the chosen weights."""
+    as the engine does with keep=best (the setting it was measured with); logits (N, C) of every crop with the chosen weights."""
     config, preprocess = recipe("best")
     train_rows, val_rows = np.flatnonzero(parts == "train"), np.flatnonzero(parts == "val")
     model = build_model(config.arch, len(CLASSES)).to(device)

@@ -18,7 +18,8 @@ _ui.sidebar()
 RECIPE_NOTES = {
     "study": "the study's exact recipe: ResNet-50, SGD, StepLR, 10 epochs, batch 8, flips, 224 px",
     "best": "our CPU recipe: ResNet-18 at 128 px, AdamW with warm-up and cosine decay, class-weighted loss with "
-            "label smoothing, ultrasound augmentation, mixup, lesion masks as training-only supervision",
+            "label smoothing, ultrasound augmentation, mixup, lesion masks as training-only supervision, the final "
+            "epoch's weights",
     "quick": "a demo model for the synthetic phantoms, trained in well under two minutes",
 }
 
@@ -50,7 +51,8 @@ for key, value in defaults.items():
 
 with st.form("training_form"):
     st.write("The form starts from the recipe; settings not shown here (augmentation, warm-up, label smoothing, "
-             "weight decay, mask supervision, mixup, weight averaging, precise BatchNorm, ensemble member) come from the recipe "
+             "weight decay, mask supervision, mixup, weight averaging, precise BatchNorm, ensemble member, which epoch is kept) "
+             "come from the recipe "
              "as they are; input channels come from the preprocessing. On a CPU, a ResNet-50 epoch over the real data takes "
              "minutes.")
     columns = st.columns(3)
