@@ -117,7 +117,7 @@ def _render_event(event) -> None:
               f"acc {event.val_accuracy:.3f} macro-F1 {event.val_macro_f1:.3f} "
               f"malignant recall {event.val_malignant_recall:.3f} lr {event.lr:.2g} ETA {event.eta_s:.0f} s")
     elif isinstance(event, Done):
-        print(f"done: the model is epoch {event.best_epoch}'s (validation macro-F1 {event.best_val_macro_f1:.3f})")
+        print(f"done: {event.describe()}")
     elif isinstance(event, Stopped):
         print(f"\nstopped in epoch {event.epoch} ({event.reason}); resume with --resume")
 

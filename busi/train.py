@@ -148,6 +148,9 @@ class Done:
     best_val_macro_f1: float
     kind: str = "done"
 
+    def describe(self) -> str:
+        return f"the model is epoch {self.best_epoch}'s (validation macro-F1 {self.best_val_macro_f1:.3f})"
+
 
 @dataclass(frozen=True)
 class Stopped:

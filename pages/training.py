@@ -137,7 +137,7 @@ def follow(run_path) -> None:
     elif summary.status == "stopped":
         st.warning(f"The run was {summary.message}. Resume it with `python -m busi train --out {run_path} --resume`.")
     elif summary.status == "done":
-        st.success(f"Finished: best validation macro-F1 {summary.best_val_macro_f1:.3f}. See the Evaluation page.")
+        st.success(f"Finished: {events[-1].describe()}. See the Evaluation page.")
     loss, quality = figures.epoch_curves(events)
     left, right = st.columns(2)
     left.plotly_chart(loss, key="tr_loss_chart")

@@ -124,8 +124,10 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
     app = open_page("training")
     status = {m.label: m.value for m in app.metric}
     assert status["Status"] == "done" and status["Epoch"] == "1/1"
-    assert any(e.kind == "done" for e in read_events(run))
-    assert "Finished" in app.success[0].value
+    done = read_events(run)[-1]
+    assert done.kind == "done"
+    assert app.success[0].value == f"Finished: the model is epoch {done.best_epoch}'s (validation macro-F1 " \
+        f"{done.best_val_macro_f1:.3f}). See the Evaluation page."
 
 
 def test_choosing_a_recipe_fills_the_form(runs):

@@ -146,7 +146,7 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     page.wait_for_function(
         "(first) => { const p = document.querySelector('.st-key-tr_batch_chart .scatterlayer path.js-line');"
         " return p && p.getAttribute('d').length > first.length; }", arg=first_path, timeout=90_000)
-    page.get_by_text("Finished: best validation macro-F1").wait_for(timeout=180_000)
+    page.get_by_text("Finished: the model is epoch").wait_for(timeout=180_000)
     no_error_box(page)
     page.screenshot(path=str(shots / "training-done.png"), full_page=True)
 
