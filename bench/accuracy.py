@@ -26,7 +26,15 @@ import numpy as np
 
 from busi.config import config_from_dict
 from busi.data import index_dataset, load_scan
-from busi.evaluate import Predictions, decide, operating_point, report, run_predictions, threshold_for_sensitivity
+from busi.evaluate import (
+    SCREENING_SENSITIVITY,
+    Predictions,
+    decide,
+    operating_point,
+    report,
+    run_predictions,
+    threshold_for_sensitivity,
+)
 from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperature
 from busi.model import batched_logits
 from busi.predict import load_classifier
@@ -36,7 +44,6 @@ from busi.train import CHECKPOINT, Done, TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
-TARGET_SENSITIVITY = 0.9
 
 
 def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> float:
@@ -175,7 +182,7 @@ def scored_fold(fold: int, test: Predictions, validation: Predictions, calibrate
     """One fold's scores from its calibrated test probabilities; the malignant threshold is chosen
     on the validation scans only, then applied to the test fold."""
     result = report(test.labels, calibrated, groups=test.groups, samples=200)
-    threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, TARGET_SENSITIVITY)
+    threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, SCREENING_SENSITIVITY)
     point = operating_point(test.labels, calibrated, threshold)
     row = {"fold": fold, "n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_avg"]["f1"],
            "malignant_recall": result["per_class"]["malignant"]["recall"],
@@ -194,7 +201,7 @@ def print_table(scored: list[ScoredFold]) -> None:
                "ece_before", "ece", "minutes"]
     print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
-          f"sensitivity {TARGET_SENSITIVITY})")
+          f"sensitivity {SCREENING_SENSITIVITY})")
     for row in rows:
         print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in columns))
     if len(rows) > 1:

@@ -20,6 +20,7 @@ from busi.evaluate import (
     SPLITS,
     evaluate_run,
     format_report,
+    screening_threshold,
     write_report_json,
 )
 from busi.explain import energy_inside, heatmap_overlay
@@ -176,6 +177,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.run)
+    screening = screening_threshold(args.run)
     rows = predict_files(classifier, image_files(args.images))
     print(NOTICE)
     for row in rows:
@@ -183,9 +185,12 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
             continue
         probabilities = "  ".join(f"{c} {float(row[f'p_{c}']):.3f}" for c in classifier.classes)
-        print(f"{row['path']}: {row['label']}  ({probabilities})")
+        flag = "  [screening flag: review]" if screening and screening.flags(float(row["p_malignant"])) else ""
+        print(f"{row['path']}: {row['label']}  ({probabilities}){flag}")
         for warning in filter(None, row["warnings"].split(" | ")):
             print(f"  warning: {warning}")
+    if screening:
+        print(screening.describe())
     if args.csv:
         write_rows_csv(args.csv, rows)
         print(f"Predictions written to {args.csv}")

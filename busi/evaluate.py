@@ -28,6 +28,8 @@ from busi.train import model_inputs
 
 SPLITS = ("test", "val", "train", "all")
 BOOTSTRAP_SAMPLES = 1000
+# Sensitivity the screening threshold aims at: missing a cancer costs more than a false alarm.
+SCREENING_SENSITIVITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndar
     return np.where(probabilities[:, MALIGNANT] >= threshold, MALIGNANT, others.argmax(1))
 
 
-def threshold_for_sensitivity(labels: np.ndarray, probabilities: np.ndarray, target: float = 0.9) -> float:
+def threshold_for_sensitivity(labels: np.ndarray, probabilities: np.ndarray, target: float = SCREENING_SENSITIVITY) -> float:
     """The highest malignant threshold whose sensitivity on these (validation) scans reaches
     ``target``: as many alarms as needed to miss at most 1 - target of the cancers, no more."""
     if not 0 < target <= 1:
@@ -132,6 +134,42 @@ def operating_point(labels: np.ndarray, probabilities: np.ndarray, threshold: fl
         "specificity": true_negatives / (~positive).sum() if (~positive).any() else math.nan,
         "specificity_ci": wilson_interval(true_negatives, int((~positive).sum())),
     }
+
+
+@dataclass(frozen=True)
+class ScreeningThreshold:
+    """A malignant threshold that favours sensitivity, chosen on a run's own validation scans."""
+
+    threshold: float
+    target: float  # sensitivity it was chosen for
+    cancers: int  # malignant validation scans it was chosen on
+    sensitivity: float  # on those validation scans
+    specificity: float
+
+    def flags(self, p_malignant: float) -> bool:
+        return p_malignant >= self.threshold
+
+    def describe(self) -> str:
+        """One wording for the CLI and the app."""
+        return (f"Screening threshold: p(malignant) ≥ {self.threshold:.2g}, chosen on this run's {self.cancers} "
+                f"malignant validation scans to catch {self.target:.0%} of cancers; there it caught "
+                f"{self.sensitivity:.0%} and cleared {self.specificity:.0%} of the other scans. With so few scans, "
+                "expect less sensitivity on new scans.")
+
+
+def screening_threshold(run: str | os.PathLike, target: float = SCREENING_SENSITIVITY) -> ScreeningThreshold | None:
+    """The threshold chosen on the run's validation scans (calibrated probabilities) to reach
+    ``target`` sensitivity there, with the specificity it costs; None when the run holds no
+    finished predictions (a bare checkpoint, an unfinished run) or no malignant validation scan."""
+    if not (Path(run) / "predictions.csv").is_file():
+        return None
+    validation = run_predictions(run, "val")
+    cancers = int((validation.labels == MALIGNANT).sum())
+    if not cancers:
+        return None
+    threshold = threshold_for_sensitivity(validation.labels, validation.probabilities, target)
+    point = operating_point(validation.labels, validation.probabilities, threshold)
+    return ScreeningThreshold(threshold, target, cancers, point["sensitivity"], point["specificity"])
 
 
 def _bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:

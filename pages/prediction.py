@@ -4,6 +4,7 @@ import streamlit as st
 
 from busi import figures
 from busi.errors import BusiError
+from busi.evaluate import screening_threshold
 from busi.explain import heatmap_overlay
 from busi.jobs import active_run, start_training
 from busi.preprocess import grey_view
@@ -37,6 +38,13 @@ if classifier is None:
     st.stop()
 st.caption(f"{classifier.train_config.arch}, {classifier.preprocess.size} px input, trained on "
            + ("synthetic phantoms." if "quick" in run.name else "the run's data folder."))
+try:
+    screening = screening_threshold(run.path)
+except BusiError as error:
+    screening = None
+    st.warning(f"No screening threshold for this run: {error}")
+if screening:
+    st.caption(screening.describe() + " A flag asks for a closer look; it is not a diagnosis.")
 
 uploads = st.file_uploader("Scans (PNG, JPEG, BMP or TIFF; processed in memory, never stored)",
                            type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], accept_multiple_files=True, key="pr_uploads")
@@ -76,4 +84,8 @@ for number, upload in enumerate(uploads):
     columns[1].image(heatmap_overlay(explanation.scan, explanation.heat, opacity),
                      caption=f"Grad-CAM for '{explanation.class_name}'", width="stretch")
     columns[2].metric("Predicted class", prediction.label, help="The most probable class. Research demo only.")
+    if screening:
+        flagged = screening.flags(prediction.probabilities["malignant"])
+        columns[2].metric("Screening flag", "review" if flagged else "none",
+                          help="Whether p(malignant) reaches the screening threshold above. Research demo only.")
     columns[2].plotly_chart(figures.probabilities(prediction.probabilities), key=f"pr_probabilities_{number}")

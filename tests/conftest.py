@@ -50,6 +50,23 @@ def first_prediction_row(run: Path) -> dict[str, str]:
         return next(csv.DictReader(file))
 
 
+def set_validation_predictions(run: Path, rows: list[tuple[str, float]]) -> None:
+    """Rewrite a finished run's predictions.csv: its first scans become validation scans with
+    these (label, p(malignant)) pairs, the rest training scans."""
+    with open(run / "predictions.csv", newline="") as file:
+        table = list(csv.DictReader(file))
+    assert len(table) >= len(rows)
+    for row, (label, p_malignant) in zip(table, rows):
+        row.update(split="val", label=label, p_malignant=p_malignant, p_benign=(1 - p_malignant) / 2,
+                   p_normal=(1 - p_malignant) / 2)
+    for row in table[len(rows):]:
+        row["split"] = "train"
+    with open(run / "predictions.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+
+
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(array)

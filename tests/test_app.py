@@ -9,8 +9,9 @@ from busi import synth
 from busi.data import CLASSES
 from busi.figures import cell_from_selection, confusion_matrix
 from busi.jobs import active_run
+from busi.predict import load_classifier
 from busi.train import read_events
-from tests.conftest import open_page, png_bytes, widget
+from tests.conftest import open_page, png_bytes, set_validation_predictions, widget
 
 # -- overview --------------------------------------------------------------------------------
 
@@ -210,6 +211,21 @@ def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
     assert any("empty.png" in e.value and "empty" in e.value for e in app.error)
     widget(app, "pr_opacity").set_value(0.9).run()
     assert not app.exception
+
+
+def test_prediction_shows_the_screening_threshold_and_flags_by_it(runs_with_model):
+    run = runs_with_model / "20260101-000000-resnet18"
+    scans = [png_bytes(synth.make_phantom(label, seed, (96, 96))[0]) for label, seed in (("malignant", 2), ("normal", 3))]
+    scores = [load_classifier(run).predict(scan).probabilities["malignant"] for scan in scans]
+    threshold = sum(scores) / 2  # one scan reaches it, the other does not
+    set_validation_predictions(run, [("malignant", threshold)] * 10 + [("benign", 0.0)])
+    app = open_page("prediction")
+    assert any(f"Screening threshold: p(malignant) ≥ {threshold:.2g}," in caption.value for caption in app.caption)
+    widget(app, "pr_uploads").set_value([(f"{n}.png", scan, "image/png") for n, scan in enumerate(scans)]).run()
+    assert not app.exception
+    expected = ["review" if score >= threshold else "none" for score in scores]
+    assert sorted(expected) == ["none", "review"]
+    assert [m.value for m in app.metric if m.label == "Screening flag"] == expected
 
 
 def test_prediction_with_a_stacked_channel_model_shows_the_processed_channel(runs, synthetic_dataset):

@@ -1,5 +1,7 @@
+import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -8,8 +10,9 @@ import pytest
 
 from busi.cli import main
 from busi.imageio import read_image, read_scan
+from busi.predict import image_files, load_classifier, predict_files
 from busi.split import read_manifest
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, set_validation_predictions
 
 
 def run(*args):
@@ -119,6 +122,21 @@ def test_predict_writes_csv_and_reports_unreadable_files(tiny_run, synthetic_dat
     assert code == 2 and "not a medical device" in captured.out
     assert captured.out.count("malignant (") == 6 and "bad.png: error:" in captured.err
     assert (tmp_path / "p.csv").read_text().count("\n") == 8
+
+
+def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_run, synthetic_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    scores = sorted(float(row["p_malignant"]) for row in predict_files(load_classifier(run), image_files([synthetic_dataset])))
+    threshold = scores[len(scores) // 2]  # half the scans reach it
+    set_validation_predictions(run, [("malignant", threshold)] * 10 + [("benign", 0.0)])
+    assert main(["predict", str(run), str(synthetic_dataset), "--csv", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert f"Screening threshold: p(malignant) ≥ {threshold:.2g}," in out
+    with open(tmp_path / "p.csv", newline="") as file:
+        reaching = {row["path"] for row in csv.DictReader(file) if float(row["p_malignant"]) >= threshold}
+    flagged = {line.split(": ")[0] for line in out.splitlines() if line.endswith("[screening flag: review]")}
+    assert flagged == reaching and 0 < len(flagged) < len(scores)
 
 
 def test_cam_writes_an_overlay_and_scores_the_mask(tiny_run, synthetic_dataset, tmp_path, capsys):

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,10 @@ from busi.evaluate import (
     report_json,
     roc_auc,
     run_predictions,
+    screening_threshold,
     threshold_for_sensitivity,
 )
+from tests.conftest import set_validation_predictions
 
 # Rows are scans; columns p(benign), p(malignant), p(normal). Argmax gives 0,1,1,1,2,0.
 LABELS = np.array([0, 0, 1, 1, 2, 2])
@@ -149,3 +152,33 @@ def test_an_unfinished_run_is_refused_clearly(tiny_run, tmp_path):
     shutil.copy(tiny_run / "config.json", tmp_path / "config.json")
     with pytest.raises(BusiError, match="has no predictions.csv"):
         run_predictions(tmp_path)
+
+
+@pytest.fixture
+def screened_run(tiny_run, tmp_path) -> Path:
+    """The tiny run with ten validation cancers, nine of which reach 0.3 (the 90 % threshold),
+    and four benign validation scans, one of which does."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    set_validation_predictions(run, [("malignant", p) for p in (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.1)]
+                               + [("benign", p) for p in (0.5, 0.2, 0.1, 0.05)])
+    return run
+
+
+def test_the_screening_threshold_is_chosen_on_the_runs_validation_scans(screened_run):
+    screening = screening_threshold(screened_run)
+    assert screening.threshold == pytest.approx(0.3) and screening.target == 0.9 and screening.cancers == 10
+    assert screening.sensitivity == pytest.approx(0.9) and screening.specificity == pytest.approx(0.75)
+    assert screening.flags(0.3) and not screening.flags(0.29)
+    text = screening.describe()
+    assert "p(malignant) ≥ 0.3," in text and "10 malignant validation scans" in text and "caught 90%" in text
+    assert "cleared 75%" in text
+    assert screening_threshold(screened_run, target=0.5).threshold == pytest.approx(0.5)
+
+
+def test_no_screening_threshold_without_finished_predictions_or_validation_cancers(screened_run, tmp_path):
+    assert screening_threshold(screened_run / "best.pt") is None
+    shutil.copy(screened_run / "config.json", tmp_path / "config.json")
+    assert screening_threshold(tmp_path) is None
+    set_validation_predictions(screened_run, [("benign", 0.4), ("normal", 0.1)])
+    assert screening_threshold(screened_run) is None
