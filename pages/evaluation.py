@@ -1,12 +1,14 @@
 """Evaluation: the report with intervals, a clickable confusion matrix, a threshold slider,
 curves, calibration and the malignant cases the model got wrong."""
 
+import math
+
 import streamlit as st
 
 from busi import figures
 from busi.data import CLASSES, load_mask, load_scan
 from busi.errors import BusiError
-from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json
+from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json, screening_threshold
 from busi.explain import energy_inside, heatmap_overlay
 from busi.metrics import MALIGNANT
 from busi.predict import rows_to_csv
@@ -57,8 +59,24 @@ st.caption(f"Intervals: Wilson for proportions; bootstrap ({result['bootstrap'][
            f"{result['bootstrap']['unit']}) for F1 and AUC. With about a hundred test scans, ±7 points is normal.")
 
 st.subheader("Decision threshold for malignant")
+try:
+    screening = screening_threshold(run)
+except BusiError as error:
+    screening = None
+    st.warning(f"No screening threshold for this run: {error}")
+
+
+def _use_screening_threshold() -> None:
+    st.session_state["ev_use_threshold"] = True
+    # Rounded down to the slider's step, so that it still catches the cancers it was chosen to catch.
+    st.session_state["ev_threshold"] = math.floor(screening.threshold * 1000) / 1000
+
+
 use_threshold = st.toggle("Call a scan malignant when p(malignant) reaches a threshold", key="ev_use_threshold")
-threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ev_threshold", disabled=not use_threshold)
+if screening:
+    st.caption(screening.describe())
+    st.button("Use the screening threshold", key="ev_screening", on_click=_use_screening_threshold)
+threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.001, key="ev_threshold", disabled=not use_threshold)
 threshold = threshold if use_threshold else None
 point = operating_point(predictions.labels, predictions.probabilities, threshold)
 predicted = decide(predictions.probabilities, threshold)

@@ -52,7 +52,7 @@ def first_prediction_row(run: Path) -> dict[str, str]:
 
 def set_validation_predictions(run: Path, rows: list[tuple[str, float]]) -> None:
     """Rewrite a finished run's predictions.csv: its first scans become validation scans with
-    these (label, p(malignant)) pairs, the rest training scans."""
+    these (label, p(malignant)) pairs, the rest test scans."""
     with open(run / "predictions.csv", newline="") as file:
         table = list(csv.DictReader(file))
     assert len(table) >= len(rows)
@@ -60,7 +60,7 @@ def set_validation_predictions(run: Path, rows: list[tuple[str, float]]) -> None
         row.update(split="val", label=label, p_malignant=p_malignant, p_benign=(1 - p_malignant) / 2,
                    p_normal=(1 - p_malignant) / 2)
     for row in table[len(rows):]:
-        row["split"] = "train"
+        row["split"] = "test"
     with open(run / "predictions.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(table[0]))
         writer.writeheader()

@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from busi import synth
 from busi.data import CLASSES
@@ -177,6 +178,17 @@ def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model)
     widget(app, "ev_show_errors").set_value(True).run()
     assert not app.exception
     assert any("false negative" in m.value for m in app.markdown)
+
+
+def test_evaluation_applies_the_screening_threshold_on_request(runs_with_model):
+    set_validation_predictions(runs_with_model / "20260101-000000-resnet18", [("malignant", 0.1237)] * 10 + [("benign", 0.0)])
+    app = open_page("evaluation")
+    assert any("Screening threshold: p(malignant) ≥ 0.12," in caption.value for caption in app.caption)
+    assert widget(app, "ev_use_threshold").value is False
+    widget(app, "ev_screening").click().run()
+    assert not app.exception
+    assert widget(app, "ev_use_threshold").value is True
+    assert widget(app, "ev_threshold").value == pytest.approx(0.123)
 
 
 def test_confusion_matrix_clicks_map_back_to_cells():
