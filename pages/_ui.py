@@ -13,7 +13,7 @@ import streamlit as st
 
 from busi.data import DatasetIndex, index_dataset
 from busi.errors import BusiError
-from busi.evaluate import evaluate_run
+from busi.evaluate import ScreeningThreshold, evaluate_run, screening_threshold
 from busi.imageio import read_scan
 from busi.jobs import default_runs_dir, list_runs
 from busi.predict import Classifier, checkpoint_of, load_classifier
@@ -127,6 +127,15 @@ def classifier(run: Path) -> Classifier | None:
         return _classifier(str(checkpoint), os.path.getmtime(checkpoint))
     except (BusiError, OSError) as error:
         st.error(f"Cannot load the model of {run.name}: {error}")
+        return None
+
+
+def screening(run: Path) -> ScreeningThreshold | None:
+    """The run's screening threshold; None, with a warning, when its predictions cannot be read."""
+    try:
+        return screening_threshold(run)
+    except BusiError as error:
+        st.warning(f"No screening threshold for this run: {error}")
         return None
 
 

@@ -8,7 +8,7 @@ import streamlit as st
 from busi import figures
 from busi.data import CLASSES, load_mask, load_scan
 from busi.errors import BusiError
-from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json, screening_threshold
+from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json
 from busi.explain import energy_inside, heatmap_overlay
 from busi.metrics import MALIGNANT
 from busi.predict import rows_to_csv
@@ -59,11 +59,7 @@ st.caption(f"Intervals: Wilson for proportions; bootstrap ({result['bootstrap'][
            f"{result['bootstrap']['unit']}) for F1 and AUC. With about a hundred test scans, ±7 points is normal.")
 
 st.subheader("Decision threshold for malignant")
-try:
-    screening = screening_threshold(run)
-except BusiError as error:
-    screening = None
-    st.warning(f"No screening threshold for this run: {error}")
+screening = _ui.screening(run)
 
 
 def _use_screening_threshold() -> None:

@@ -4,7 +4,6 @@ import streamlit as st
 
 from busi import figures
 from busi.errors import BusiError
-from busi.evaluate import screening_threshold
 from busi.explain import heatmap_overlay
 from busi.jobs import active_run, start_training
 from busi.preprocess import grey_view
@@ -38,11 +37,7 @@ if classifier is None:
     st.stop()
 st.caption(f"{classifier.train_config.arch}, {classifier.preprocess.size} px input, trained on "
            + ("synthetic phantoms." if "quick" in run.name else "the run's data folder."))
-try:
-    screening = screening_threshold(run.path)
-except BusiError as error:
-    screening = None
-    st.warning(f"No screening threshold for this run: {error}")
+screening = _ui.screening(run.path)
 if screening:
     st.caption(screening.describe() + " A flag asks for a closer look; it is not a diagnosis.")
 

@@ -240,6 +240,15 @@ def test_prediction_shows_the_screening_threshold_and_flags_by_it(runs_with_mode
     assert [m.value for m in app.metric if m.label == "Screening flag"] == expected
 
 
+def test_prediction_without_a_readable_screening_threshold_warns_and_still_predicts(runs_with_model):
+    (runs_with_model / "20260101-000000-resnet18" / "split.csv").unlink()
+    app = open_page("prediction")
+    assert any("No screening threshold" in w.value and "split.csv" in w.value for w in app.warning)
+    widget(app, "pr_uploads").set_value([("scan.png", png_bytes(synth.make_phantom("benign", 1, (96, 96))[0]), "image/png")]).run()
+    assert not app.exception
+    assert [m.label for m in app.metric] == ["Predicted class"]
+
+
 def test_prediction_with_a_stacked_channel_model_shows_the_processed_channel(runs, synthetic_dataset):
     from busi.preprocess import PreprocessConfig
     from busi.train import Done, TrainConfig, train
