@@ -177,7 +177,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.run)
-    screening = screening_threshold(args.run)
+    try:
+        screening = screening_threshold(args.run)
+    except BusiError as error:  # the predictions do not depend on it, so they go on without it
+        screening = None
+        print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
     rows = predict_files(classifier, image_files(args.images))
     print(NOTICE)
     for row in rows:

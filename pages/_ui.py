@@ -130,11 +130,18 @@ def classifier(run: Path) -> Classifier | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _screening(run: str, modified: float) -> ScreeningThreshold | None:
+    return screening_threshold(run)
+
+
 def screening(run: Path) -> ScreeningThreshold | None:
-    """The run's screening threshold; None, with a warning, when its predictions cannot be read."""
+    """The run's screening threshold, read once per version of its predictions rather than on
+    every rerun; None, with a warning, when its predictions cannot be read."""
+    predictions = run / "predictions.csv"
     try:
-        return screening_threshold(run)
-    except BusiError as error:
+        return _screening(str(run), predictions.stat().st_mtime) if predictions.is_file() else None
+    except (BusiError, OSError) as error:
         st.warning(f"No screening threshold for this run: {error}")
         return None
 

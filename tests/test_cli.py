@@ -139,6 +139,16 @@ def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_ru
     assert flagged == reaching and 0 < len(flagged) < len(scores)
 
 
+def test_predict_goes_on_without_an_unreadable_screening_threshold(tiny_run, synthetic_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "split.csv").unlink()
+    assert main(["predict", str(run), str(synthetic_dataset / "benign")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: no screening threshold for this run" in captured.err and "split.csv" in captured.err
+    assert captured.out.count("benign (") == 6 and "Screening threshold" not in captured.out
+
+
 def test_cam_writes_an_overlay_and_scores_the_mask(tiny_run, synthetic_dataset, tmp_path, capsys):
     scan = synthetic_dataset / "benign" / "benign (1).png"
     assert main(["cam", str(tiny_run), str(scan), "--out", str(tmp_path / "cam.png"),
