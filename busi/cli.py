@@ -183,13 +183,16 @@ def _predict(args: argparse.Namespace) -> int:
         screening = None
         print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
     rows = predict_files(classifier, image_files(args.images))
+    for row in rows:  # empty where the scan could not be read or the run has no threshold
+        row["screening_flag"] = ("review" if screening.flags(float(row["p_malignant"])) else "none") \
+            if screening and not row["error"] else ""
     print(NOTICE)
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
             continue
         probabilities = "  ".join(f"{c} {float(row[f'p_{c}']):.3f}" for c in classifier.classes)
-        flag = "  [screening flag: review]" if screening and screening.flags(float(row["p_malignant"])) else ""
+        flag = "  [screening flag: review]" if row["screening_flag"] == "review" else ""
         print(f"{row['path']}: {row['label']}  ({probabilities}){flag}")
         for warning in filter(None, row["warnings"].split(" | ")):
             print(f"  warning: {warning}")

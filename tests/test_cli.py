@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,7 +122,9 @@ def test_predict_writes_csv_and_reports_unreadable_files(tiny_run, synthetic_dat
     captured = capsys.readouterr()
     assert code == 2 and "not a medical device" in captured.out
     assert captured.out.count("malignant (") == 6 and "bad.png: error:" in captured.err
-    assert (tmp_path / "p.csv").read_text().count("\n") == 8
+    with open(tmp_path / "p.csv", newline="") as file:
+        flags = {Path(row["path"]).name: row["screening_flag"] for row in csv.DictReader(file)}
+    assert len(flags) == 7 and flags.pop("bad.png") == "" and set(flags.values()) <= {"review", "none"}
 
 
 def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_run, synthetic_dataset, tmp_path, capsys):
@@ -134,19 +137,24 @@ def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_ru
     out = capsys.readouterr().out
     assert f"Screening threshold: p(malignant) ≥ {threshold:.2g}," in out
     with open(tmp_path / "p.csv", newline="") as file:
-        reaching = {row["path"] for row in csv.DictReader(file) if float(row["p_malignant"]) >= threshold}
+        rows = list(csv.DictReader(file))
+    reaching = {row["path"] for row in rows if float(row["p_malignant"]) >= threshold}
     flagged = {line.split(": ")[0] for line in out.splitlines() if line.endswith("[screening flag: review]")}
     assert flagged == reaching and 0 < len(flagged) < len(scores)
+    assert {row["path"] for row in rows if row["screening_flag"] == "review"} == reaching
+    assert {row["screening_flag"] for row in rows if row["path"] not in reaching} == {"none"}
 
 
 def test_predict_goes_on_without_an_unreadable_screening_threshold(tiny_run, synthetic_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     (run / "split.csv").unlink()
-    assert main(["predict", str(run), str(synthetic_dataset / "benign")]) == 0
+    assert main(["predict", str(run), str(synthetic_dataset / "benign"), "--csv", str(tmp_path / "p.csv")]) == 0
     captured = capsys.readouterr()
     assert "warning: no screening threshold for this run" in captured.err and "split.csv" in captured.err
     assert captured.out.count("benign (") == 6 and "Screening threshold" not in captured.out
+    with open(tmp_path / "p.csv", newline="") as file:
+        assert [row["screening_flag"] for row in csv.DictReader(file)] == [""] * 6
 
 
 def test_cam_writes_an_overlay_and_scores_the_mask(tiny_run, synthetic_dataset, tmp_path, capsys):
