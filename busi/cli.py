@@ -18,6 +18,7 @@ from busi.errors import BusiError
 from busi.evaluate import (
     BOOTSTRAP_SAMPLES,
     SPLITS,
+    ScreeningThreshold,
     evaluate_run,
     format_report,
     screening_threshold,
@@ -175,6 +176,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _screening_flag(row: dict[str, str], screening: ScreeningThreshold | None) -> str:
+    """'review' or 'none'; empty where the scan could not be read or the run has no threshold."""
+    if screening is None or row["error"]:
+        return ""
+    return "review" if screening.flags(float(row["p_malignant"])) else "none"
+
+
 def _predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.run)
     try:
@@ -182,10 +190,7 @@ def _predict(args: argparse.Namespace) -> int:
     except BusiError as error:  # the predictions do not depend on it, so they go on without it
         screening = None
         print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
-    rows = predict_files(classifier, image_files(args.images))
-    for row in rows:  # empty where the scan could not be read or the run has no threshold
-        row["screening_flag"] = ("review" if screening.flags(float(row["p_malignant"])) else "none") \
-            if screening and not row["error"] else ""
+    rows = [row | {"screening_flag": _screening_flag(row, screening)} for row in predict_files(classifier, image_files(args.images))]
     print(NOTICE)
     for row in rows:
         if row["error"]:
