@@ -180,7 +180,7 @@ def _screening_flag(row: dict[str, str], screening: ScreeningThreshold | None) -
     """'review' or 'none'; empty where the scan could not be read or the run has no threshold."""
     if screening is None or row["error"]:
         return ""
-    return "review" if screening.flags(float(row["p_malignant"])) else "none"
+    return screening.flag(float(row["p_malignant"]))
 
 
 def _predict(args: argparse.Namespace) -> int:

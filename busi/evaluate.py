@@ -146,8 +146,9 @@ class ScreeningThreshold:
     sensitivity: float  # on those validation scans
     specificity: float
 
-    def flags(self, p_malignant: float) -> bool:
-        return p_malignant >= self.threshold
+    def flag(self, p_malignant: float) -> str:
+        """'review' when the scan reaches the threshold, else 'none': one wording for the CLI and the app."""
+        return "review" if p_malignant >= self.threshold else "none"
 
     def describe(self) -> str:
         """One wording for the CLI and the app."""

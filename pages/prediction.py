@@ -80,7 +80,6 @@ for number, upload in enumerate(uploads):
                      caption=f"Grad-CAM for '{explanation.class_name}'", width="stretch")
     columns[2].metric("Predicted class", prediction.label, help="The most probable class. Research demo only.")
     if screening:
-        flagged = screening.flags(prediction.probabilities["malignant"])
-        columns[2].metric("Screening flag", "review" if flagged else "none",
+        columns[2].metric("Screening flag", screening.flag(prediction.probabilities["malignant"]),
                           help="Whether p(malignant) reaches the screening threshold above. Research demo only.")
     columns[2].plotly_chart(figures.probabilities(prediction.probabilities), key=f"pr_probabilities_{number}")

@@ -169,7 +169,7 @@ def test_the_screening_threshold_is_chosen_on_the_runs_validation_scans(screened
     screening = screening_threshold(screened_run)
     assert screening.threshold == pytest.approx(0.3) and screening.target == 0.9 and screening.cancers == 10
     assert screening.sensitivity == pytest.approx(0.9) and screening.specificity == pytest.approx(0.75)
-    assert screening.flags(0.3) and not screening.flags(0.29)
+    assert screening.flag(0.3) == "review" and screening.flag(0.29) == "none"
     text = screening.describe()
     assert "p(malignant) ≥ 0.3," in text and "10 malignant validation scans" in text and "caught 90%" in text
     assert "cleared 75%" in text
