@@ -40,7 +40,10 @@ class RunSummary:
     arch: str
     epochs_done: int
     epochs: int
-    best_val_macro_f1: float | None
+    # The epoch whose weights are the run's model and their validation macro-F1 (TrainConfig.keep
+    # decides which); None while no epoch's weights have been kept yet.
+    model_epoch: int | None
+    model_val_macro_f1: float | None
     message: str
 
     @property
@@ -83,8 +86,8 @@ def summarise_run(run_dir: str | os.PathLike, *, running: bool = False) -> RunSu
         request = {}
     arch = config.get("arch") or request.get("arch", "?")
     epochs = epochs_seen[-1].epochs if epochs_seen else config.get("epochs") or request.get("epochs", 0)
-    best = max((e.val_macro_f1 for e in epochs_seen), default=None)
     last = events[-1] if events else None
+    model_epoch, model_f1 = _kept_epoch(last, epochs_seen, config.get("keep") or request.get("keep", "best"))
     if running:
         status, message = "running", ""
     elif isinstance(last, Done):
@@ -95,7 +98,16 @@ def summarise_run(run_dir: str | os.PathLike, *, running: bool = False) -> RunSu
         status, message = "failed", last.message
     else:
         status, message = "incomplete", _log_tail(run) or "the training process ended without reporting why"
-    return RunSummary(run, status, arch, epochs_seen[-1].epoch if epochs_seen else 0, epochs, best, message)
+    return RunSummary(run, status, arch, epochs_seen[-1].epoch if epochs_seen else 0, epochs, model_epoch, model_f1, message)
+
+
+def _kept_epoch(last, epochs_seen: list[EpochEnd], keep: str) -> tuple[int | None, float | None]:
+    if isinstance(last, Done):
+        return last.best_epoch, last.best_val_macro_f1
+    if keep == "best" and epochs_seen:  # best.pt already holds the best epoch so far
+        best = max(epochs_seen, key=lambda e: e.val_macro_f1)
+        return best.epoch, best.val_macro_f1
+    return None, None  # keep=last: the model is written at the final epoch only
 
 
 def _log_tail(run: Path, lines: int = 3) -> str:

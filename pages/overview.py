@@ -39,8 +39,10 @@ runs = _ui.finished_runs()
 all_runs = _ui.usable_runs()
 st.write(f"{len(all_runs)} trained models in `{_ui.runs_dir()}`, {len(runs)} with a complete evaluation.")
 if all_runs:
-    st.dataframe([{"run": r.name, "status": r.status, "model": r.arch, "epochs": f"{r.epochs_done}/{r.epochs}",
-                   "best validation macro-F1": r.best_val_macro_f1} for r in all_runs], key="overview_runs", hide_index=True)
+    # The epoch whose weights are the model: the best on validation or the final one (the run's `keep`).
+    st.dataframe([{"run": r.name, "status": r.status, "network": r.arch, "epochs": f"{r.epochs_done}/{r.epochs}",
+                   "kept epoch": r.model_epoch, "its validation macro-F1": r.model_val_macro_f1} for r in all_runs],
+                 key="overview_runs", hide_index=True)
 
 st.subheader("Compute")
 st.write(f"Training and prediction run on: **{describe_device()}**.")

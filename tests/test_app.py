@@ -38,7 +38,11 @@ def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkey
     app = open_page("overview")
     assert [m.value for m in app.metric][:4] == ["18", "6", "6", "6"]
     assert "Data in Brief" in app.caption[0].value
-    assert app.dataframe[0].value["run"].tolist() == ["20260101-000000-resnet18"]
+    runs_table = app.dataframe[0].value
+    assert runs_table["run"].tolist() == ["20260101-000000-resnet18"]
+    done = read_events(runs_with_model / "20260101-000000-resnet18")[-1]
+    assert (runs_table["kept epoch"].tolist(), runs_table["its validation macro-F1"].tolist()) == \
+        ([done.best_epoch], [done.best_val_macro_f1])
 
 
 def test_a_folder_outside_the_allowed_roots_is_refused(monkeypatch, tmp_path, runs):

@@ -2,6 +2,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import asdict
 
 import pytest
 
@@ -14,7 +15,7 @@ from busi.jobs import (
     summarise_run,
 )
 from busi.preprocess import PreprocessConfig
-from busi.train import EpochEnd, TrainConfig, read_events
+from busi.train import Done, EpochEnd, TrainConfig, read_events
 
 TINY = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu")
 SMALL = PreprocessConfig(size=32)
@@ -63,3 +64,25 @@ def test_a_job_that_cannot_start_shows_its_error(tmp_path):
     _wait(lambda: active_run(tmp_path / "runs") is None)
     summary = summarise_run(run)
     assert summary.status in ("failed", "incomplete") and "no-such-data" in summary.message
+
+
+def _run_folder(path, keep, val_macro_f1s, done=None):
+    """A run folder as training leaves it: its config and one EpochEnd per value, then Done if given."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"train": {"arch": "resnet18", "epochs": 3, "keep": keep}}))
+    events = [asdict(EpochEnd(epoch, 3, 1.0, 1.0, 0.5, f1, 0.5, 0.001, 0.0)) for epoch, f1 in enumerate(val_macro_f1s, 1)]
+    events += [asdict(done)] if done else []
+    (path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+@pytest.mark.parametrize("keep, val_macro_f1s, done, kept", [
+    ("last", [0.6, 0.4, 0.5], Done(3, 0.5), (3, 0.5)),  # the final epoch, not the best-scoring one
+    ("best", [0.6, 0.4, 0.5], Done(1, 0.6), (1, 0.6)),
+    ("best", [0.4, 0.6], None, (2, 0.6)),  # stopped: best.pt holds the best epoch so far
+    ("last", [0.4, 0.6], None, (None, None)),  # stopped before the final epoch: no model kept yet
+])
+def test_a_run_summary_names_the_epoch_whose_weights_are_the_model(tmp_path, keep, val_macro_f1s, done, kept):
+    summary = summarise_run(_run_folder(tmp_path / "run", keep, val_macro_f1s, done))
+    assert (summary.model_epoch, summary.model_val_macro_f1) == kept
+    assert summary.epochs_done == len(val_macro_f1s)
