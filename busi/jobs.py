@@ -21,7 +21,7 @@ from busi.config import config_to_dict
 from busi.errors import BusiError
 from busi.imageio import write_atomic
 from busi.preprocess import PreprocessConfig
-from busi.train import STOP_FILE, Done, EpochEnd, Failed, Stopped, TrainConfig, read_events
+from busi.train import STOP_FILE, Done, EpochEnd, Event, Failed, Stopped, TrainConfig, read_events
 
 ACTIVE_FILE = ".active.json"
 REQUEST_FILE = "request.json"
@@ -101,7 +101,7 @@ def summarise_run(run_dir: str | os.PathLike, *, running: bool = False) -> RunSu
     return RunSummary(run, status, arch, epochs_seen[-1].epoch if epochs_seen else 0, epochs, model_epoch, model_f1, message)
 
 
-def _kept_epoch(last, epochs_seen: list[EpochEnd], keep: str) -> tuple[int | None, float | None]:
+def _kept_epoch(last: Event | None, epochs_seen: list[EpochEnd], keep: str) -> tuple[int | None, float | None]:
     if isinstance(last, Done):
         return last.best_epoch, last.best_val_macro_f1
     if keep == "best" and epochs_seen:  # best.pt already holds the best epoch so far
