@@ -190,7 +190,8 @@ def _predict(args: argparse.Namespace) -> int:
     except BusiError as error:  # the predictions do not depend on it, so they go on without it
         screening = None
         print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
-    rows = [row | {"screening_flag": _screening_flag(row, screening)} for row in predict_files(classifier, image_files(args.images))]
+    predictions = predict_files(classifier, image_files(args.images))
+    rows = [row | {"screening_flag": _screening_flag(row, screening)} for row in predictions]
     print(NOTICE)
     for row in rows:
         if row["error"]:
