@@ -58,7 +58,7 @@ class TrainConfig:
     class_weighting: str = "none"  # none | loss | sampler
     label_smoothing: float = 0.0
     flip: bool = True
-    augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle)
+    augment: str = "none"  # none | ultrasound (flips, small affine, gain/contrast, speckle) | strong (the same, wider)
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     mask_scales: int = 1  # lesion maps from the last stage (1) and from one or two earlier, finer stages (2, 3)
@@ -88,7 +88,7 @@ class TrainConfig:
             raise ParameterError(f"lr must be positive, got {self.lr}.")
         choices = {"optimizer": ("sgd", "adamw"), "schedule": ("step", "cosine"),
                    "class_weighting": ("none", "loss", "sampler"), "device": ("auto", "cpu", "cuda", "mps"),
-                   "augment": ("none", "ultrasound"), "keep": ("best", "last")}
+                   "augment": ("none", "ultrasound", "strong"), "keep": ("best", "last")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ParameterError(f"{name} must be one of {', '.join(allowed)}, got '{getattr(self, name)}'.")
@@ -485,8 +485,8 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
 
 
 def _augmentation_policy(config: TrainConfig) -> str | None:
-    if config.augment == "ultrasound":
-        return "ultrasound"
+    if config.augment != "none":
+        return config.augment
     return "flip" if config.flip else None
 
 

@@ -32,14 +32,18 @@ def test_gain_brightens_and_speckle_needs_a_seeded_generator():
         apply(image, Augmentation(speckle=0.1))
 
 
-def test_ultrasound_policy_keeps_the_skin_line_at_the_top():
+@pytest.mark.parametrize("policy, angle, scale, gain", [("ultrasound", 10, (0.9, 1.1), (0.8, 1.2)),
+                                                     ("strong", 15, (0.8, 1.25), (0.7, 1.3))])
+def test_ultrasound_policies_keep_the_skin_line_at_the_top(policy, angle, scale, gain):
     gradient = np.repeat(np.linspace(255, 30, 64, dtype=np.float32)[:, None], 64, axis=1).astype(np.uint8)
     rng = np.random.default_rng(0)
-    augmented, _ = augment_batch(np.stack([gradient] * 200), rng, "ultrasound")
+    augmented, _ = augment_batch(np.stack([gradient] * 200), rng, policy)
     assert augmented.shape == (200, 64, 64) and augmented.dtype == np.uint8
     assert (augmented[:, 8:24].mean(axis=(1, 2)) > augmented[:, 40:56].mean(axis=(1, 2))).all()
-    drawn = [draw(rng, "ultrasound") for _ in range(500)]
-    assert all(-10 <= d.angle <= 10 and 0.9 <= d.scale <= 1.1 and 0.8 <= d.gain <= 1.2 for d in drawn)
+    drawn = [draw(rng, policy) for _ in range(500)]
+    assert all(-angle <= d.angle <= angle and scale[0] <= d.scale <= scale[1] and gain[0] <= d.gain <= gain[1] for d in drawn)
+    # The whole range is used, not only the part the milder policy shares.
+    assert max(abs(d.angle) for d in drawn) > angle - 1 and min(d.scale for d in drawn) < scale[0] + 0.02
     assert 0.4 < np.mean([d.flip for d in drawn]) < 0.6
 
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import busi.train
+from busi.augment import augment_batch
 from busi.config import config_from_dict
 from busi.data import index_dataset
 from busi.errors import BusiError
@@ -113,6 +115,20 @@ def test_ultrasound_augmentation_with_cosine_warm_up_trains(synthetic_dataset, t
     assert isinstance(events[-1], Done)
     rates = [e.lr for e in events if isinstance(e, EpochEnd)]
     assert rates[0] == pytest.approx(0.005) and rates[1] == pytest.approx(0.01) and rates[2] < 0.01
+
+
+@pytest.mark.parametrize("augment, policy", [("none", "flip"), ("ultrasound", "ultrasound"), ("strong", "strong")])
+def test_training_batches_are_augmented_by_the_configured_policy(synthetic_dataset, tmp_path, monkeypatch, augment, policy):
+    policies = []
+
+    def recording(images, rng, policy, masks=None):
+        policies.append(policy)
+        return augment_batch(images, rng, policy, masks)
+
+    monkeypatch.setattr(busi.train, "augment_batch", recording)
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=8, device="cpu", augment=augment)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
+    assert policies and set(policies) == {policy}
 
 
 def test_masks_supervise_training_only_and_resume_keeps_the_lesion_head(synthetic_dataset, tmp_path):
