@@ -1,0 +1,180 @@
+"""A two-phase screen of variants of the best recipe, with its decision rule fixed before it runs.
+
+    python3 -m bench.screen --data .gpu/busi --jobs 20 --budget 420 \\
+        --variant "--pre size=224" --variant "--set augment=strong --set epochs=90"
+
+Every fold is one ``bench.accuracy`` process on one CPU thread, up to ``--jobs`` side by side
+(meant for a lent GPU machine, where one fold leaves the GPU mostly idle).
+
+Phase 1: the recipe and each variant on the five folds of partition 0 (seed 0), paired fold by
+fold. A variant qualifies when it gains at least ``--bar`` in accuracy and in macro-F1 without
+losing malignant recall. Phase 2: the variant with the largest gain in accuracy plus macro-F1
+(a qualified one first; an unqualified one only for information, and none when no variant
+gains) and the recipe on partitions 1 and 2. The variant is adopted only if it qualified and,
+on those ten fresh folds, gains at least ``--confirm`` in accuracy and in macro-F1, raises the
+malignant AUC and loses at most 0.01 of malignant recall. Partition 0 is where the recipe was
+tuned, so it flatters whatever resembles the recipe's own choices; the fresh partitions decide.
+Jobs still running when ``--budget`` seconds are spent are stopped and their folds left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.accuracy import OUT
+
+RECIPE = ()  # the best recipe as it stands: no options
+SCORES = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr",
+          "spec@thr", "ece", "minutes")
+Job = tuple[tuple[str, ...], int, int]  # options, seed (partition), fold
+
+
+def fold_row(log: Path, fold: int) -> dict[str, float] | None:
+    """The fold's row of the table ``bench.accuracy`` printed into ``log``, or None when it printed none."""
+    columns = None
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["fold"]:
+            columns = words
+        elif columns and words[:1] == [str(fold)] and len(words) == len(columns):
+            return dict(zip(columns, map(float, words)))
+    return None
+
+
+def _log_name(job: Job) -> str:
+    options, seed, fold = job
+    label = "-".join(word.lstrip("-").replace("=", "_") for word in options if word not in ("--set", "--pre")) or "recipe"
+    return f"{label}-seed{seed}-fold{fold}.log"
+
+
+def run_folds(jobs: list[Job], args: argparse.Namespace, deadline: float) -> dict[Job, dict[str, float]]:
+    """Each job's fold row; a job that fails or outlasts the deadline has none."""
+    pending, running, rows = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < args.jobs and time.monotonic() < deadline:
+            job = pending.pop(0)
+            options, seed, fold = job
+            log = args.logs / _log_name(job)
+            command = [sys.executable, "-m", "bench.accuracy", "--recipe", "best", "--folds", "5", "--only", str(fold),
+                       "--threads", "1", "--seed", str(seed), "--data", str(args.data), *options, *shlex.split(args.common)]
+            with log.open("w") as out:
+                running[job] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
+        if not running:
+            break
+        time.sleep(2)
+        for job, (process, log) in list(running.items()):
+            if process.poll() is None and time.monotonic() >= deadline:
+                process.kill()
+                process.wait()
+                print(f"stopped at the budget's end: {log.name}")
+            if process.poll() is not None:
+                del running[job]
+                row = fold_row(log, job[2]) if process.returncode == 0 else None
+                if row is None:
+                    last = (log.read_text().strip().splitlines() or ["(empty log)"])[-1]
+                    print(f"no score from {log.name} (exit {process.returncode}): {last}")
+                else:
+                    rows[job] = row
+    return rows
+
+
+def paired(rows: dict[Job, dict[str, float]], variant: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, list[float]]:
+    """Per score, the variant's gain over the recipe on each fold both finished."""
+    common = [(seed, fold) for seed in seeds for fold in range(5)
+              if (RECIPE, seed, fold) in rows and (variant, seed, fold) in rows]
+    return {score: [rows[(variant, *key)][score] - rows[(RECIPE, *key)][score] for key in common] for score in SCORES}
+
+
+def describe(rows: dict[Job, dict[str, float]], options: tuple[str, ...], seeds: tuple[int, ...]) -> str:
+    mine = [row for (o, seed, _), row in rows.items() if o == options and seed in seeds]
+    if not mine:
+        return f"{shlex.join(options) or 'the recipe'}: no fold finished"
+    means = " ".join(f"{score} {statistics.mean(row[score] for row in mine):.3f}" for score in SCORES)
+    return f"{shlex.join(options) or 'the recipe'}, {len(mine)} folds: {means}"
+
+
+def describe_gain(gains: dict[str, list[float]]) -> str:
+    if not gains["accuracy"]:
+        return "no paired folds"
+    return f"{len(gains['accuracy'])} paired folds: " + ", ".join(
+        f"{score} {statistics.mean(values):+.3f} (lower on {sum(v < 0 for v in values)})" for score, values in gains.items())
+
+
+def mean_gain(gains: dict[str, list[float]], score: str) -> float:
+    return statistics.mean(gains[score]) if gains[score] else float("-inf")
+
+
+def qualifies(gains: dict[str, list[float]], bar: float) -> bool:
+    """Phase 1's rule: all five folds of partition 0, at least ``bar`` more accuracy and macro-F1,
+    no less malignant recall."""
+    return (len(gains["accuracy"]) == 5 and mean_gain(gains, "accuracy") >= bar and mean_gain(gains, "macro_f1") >= bar
+            and mean_gain(gains, "malignant_recall") >= 0)
+
+
+def pick(gains: dict[tuple[str, ...], dict[str, list[float]]], bar: float) -> tuple[tuple[str, ...] | None, bool]:
+    """The variant phase 2 runs, and whether it qualified: the qualified variant with the largest
+    gain in accuracy plus macro-F1, else the unqualified one with the largest positive gain."""
+    qualified = [options for options in gains if qualifies(gains[options], bar)]
+
+    def gain(options):
+        return mean_gain(gains[options], "accuracy") + mean_gain(gains[options], "macro_f1")
+
+    best = max(qualified or gains, key=gain, default=None)
+    if best is None or gain(best) <= 0:
+        return None, False
+    return best, bool(qualified)
+
+
+def adopted(fresh: dict[str, list[float]], qualified: bool, confirm: float) -> bool:
+    """Phase 2's rule, on the ten folds of partitions 1 and 2."""
+    return (qualified and len(fresh["accuracy"]) == 10
+            and all(mean_gain(fresh, score) >= confirm for score in ("accuracy", "macro_f1"))
+            and mean_gain(fresh, "malignant_auc") > 0 and mean_gain(fresh, "malignant_recall") >= -0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, help="bench.accuracy options, quoted as one argument")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--common", default="", help="options for every lane, the recipe's too (a quick trial of the screen)")
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--budget", type=float, default=420, help="seconds for both phases")
+    parser.add_argument("--bar", type=float, default=0.03)
+    parser.add_argument("--confirm", type=float, default=0.015)
+    parser.add_argument("--logs", type=Path, default=OUT / "screen")
+    args = parser.parse_args()
+    args.logs.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.budget
+    variants = [tuple(shlex.split(variant)) for variant in args.variant]
+
+    rows = run_folds([(options, 0, fold) for options in (*variants, RECIPE) for fold in range(5)], args, deadline)
+    print("phase 1, partition 0")
+    print(describe(rows, RECIPE, (0,)))
+    gains = {}
+    for options in variants:
+        gains[options] = paired(rows, options, (0,))
+        print(describe(rows, options, (0,)))
+        print("  gain:", describe_gain(gains[options]))
+    chosen, qualified = pick(gains, args.bar)
+    if chosen is None:
+        print("phase 2: no variant gains; nothing to run")
+        return
+    print(f"phase 2 ({'decides' if qualified else 'for information only'}): {shlex.join(chosen)} on partitions 1 and 2")
+    rows |= run_folds([(options, seed, fold) for options in (chosen, RECIPE) for seed in (1, 2) for fold in range(5)],
+                      args, deadline)
+    print(describe(rows, RECIPE, (1, 2)))
+    print(describe(rows, chosen, (1, 2)))
+    fresh = paired(rows, chosen, (1, 2))
+    print("  gain:", describe_gain(fresh))
+    print(f"all 15 folds, gain: {describe_gain(paired(rows, chosen, (0, 1, 2)))}")
+    print("decision:", "adopt" if adopted(fresh, qualified, args.confirm) else "keep the recipe")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The two-phase screen's rule (bench/screen.py): what qualifies, what phase 2 runs, what is adopted."""
+
+import sys
+
+import pytest
+
+import bench.screen as screen
+from bench.screen import RECIPE, SCORES, adopted, fold_row, pick
+
+STRONG, BIG = ("--set", "augment=strong"), ("--pre", "size=224")
+
+
+def _row(accuracy, macro_f1=None, malignant_recall=0.6, malignant_auc=0.86):
+    row = dict.fromkeys(SCORES, 0.5)
+    row |= {"accuracy": accuracy, "macro_f1": accuracy if macro_f1 is None else macro_f1,
+            "malignant_recall": malignant_recall, "malignant_auc": malignant_auc}
+    return row
+
+
+def _gains(accuracy, macro_f1, malignant_recall=0.0, folds=5, malignant_auc=0.01):
+    return {score: [{"accuracy": accuracy, "macro_f1": macro_f1, "malignant_recall": malignant_recall,
+                     "malignant_auc": malignant_auc}.get(score, 0.0)] * folds for score in SCORES}
+
+
+def test_the_fold_row_is_read_from_the_benchmark_table(tmp_path):
+    log = tmp_path / "fold.log"
+    log.write_text("recipe best, seed 1\n  fold    n  accuracy  macro_f1\n(a note)\n     3  132  0.689  0.674\n")
+    assert fold_row(log, 3) == {"fold": 3.0, "n": 132.0, "accuracy": 0.689, "macro_f1": 0.674}
+    assert fold_row(log, 0) is None
+    log.write_text("Traceback (most recent call last):\n")
+    assert fold_row(log, 3) is None
+
+
+def test_phase_two_runs_the_best_qualified_variant_else_the_best_gain_for_information():
+    assert pick({STRONG: _gains(0.04, 0.03), BIG: _gains(0.05, 0.05, malignant_recall=-0.01)}, 0.03) == (STRONG, True)
+    assert pick({STRONG: _gains(0.04, 0.02), BIG: _gains(0.01, 0.02)}, 0.03) == (STRONG, False)
+    assert pick({STRONG: _gains(0.04, 0.04, folds=4)}, 0.03) == (STRONG, False)  # a missing fold cannot qualify
+    assert pick({STRONG: _gains(0.01, -0.02), BIG: _gains(-0.01, 0.0)}, 0.03) == (None, False)
+
+
+@pytest.mark.parametrize("fresh, qualified, expected", [
+    (_gains(0.02, 0.015, folds=10), True, True),
+    (_gains(0.02, 0.015, folds=10), False, False),
+    (_gains(0.02, 0.014, folds=10), True, False),
+    (_gains(0.02, 0.02, malignant_recall=-0.011, folds=10), True, False),
+    (_gains(0.02, 0.02, malignant_auc=0.0, folds=10), True, False),
+    (_gains(0.02, 0.02, folds=9), True, False),
+])
+def test_a_variant_is_adopted_only_by_the_fresh_partitions(fresh, qualified, expected):
+    assert adopted(fresh, qualified, 0.015) is expected
+
+
+def test_the_screen_pairs_each_fold_with_the_recipe_and_runs_phase_two_on_fresh_partitions(tmp_path, monkeypatch, capsys):
+    scores = {RECIPE: 0.68, STRONG: 0.72, BIG: 0.69}
+    asked = []
+
+    def fake_run_folds(jobs, args, deadline):
+        asked.append(sorted({(options, seed) for options, seed, _ in jobs}))
+        return {job: _row(scores[job[0]] + (0.01 if job[0] == STRONG and job[1] == 2 else 0),
+                         malignant_auc=0.87 if job[0] == STRONG else 0.86) for job in jobs}
+
+    monkeypatch.setattr(screen, "run_folds", fake_run_folds)
+    monkeypatch.setattr(sys, "argv", ["screen", "--data", str(tmp_path), "--logs", str(tmp_path / "logs"),
+                                      "--variant", "--set augment=strong", "--variant", "--pre size=224"])
+    screen.main()
+    assert asked == [sorted([(BIG, 0), (RECIPE, 0), (STRONG, 0)]),
+                     sorted([(RECIPE, 1), (RECIPE, 2), (STRONG, 1), (STRONG, 2)])]
+    printed = capsys.readouterr().out
+    assert "phase 2 (decides): --set augment=strong" in printed
+    assert "10 paired folds: accuracy +0.045 (lower on 0)" in printed
+    assert printed.rstrip().endswith("decision: adopt")
