@@ -44,6 +44,9 @@ from busi.train import CHECKPOINT, Done, TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
+# The table's score columns, one per fold row; bench.screen reads them back by these names.
+COLUMNS = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
+           "ece_before", "ece", "minutes")
 
 
 def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> float:
@@ -197,16 +200,14 @@ def scored_fold(fold: int, test: Predictions, validation: Predictions, calibrate
 def print_table(scored: list[ScoredFold]) -> None:
     """Every fold, the mean ± sd over folds, and the pooled out-of-fold scores with 95 % intervals."""
     rows = [fold.row for fold in scored]
-    columns = ["accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
-               "ece_before", "ece", "minutes"]
-    print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in columns))
+    print(f"{'fold':>6} {'n':>4} " + " ".join(f"{c:>16}" for c in COLUMNS))
     print(f"(sens@thr, spec@thr: malignant sensitivity and specificity at the threshold chosen on validation for "
           f"sensitivity {SCREENING_SENSITIVITY})")
     for row in rows:
-        print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in columns))
+        print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in COLUMNS))
     if len(rows) > 1:
         print(f"{'mean':>6} {'':>4} " + " ".join(f"{statistics.mean(r[c] for r in rows):9.3f} ± {statistics.stdev(r[c] for r in rows):4.3f}"
-                                             for c in columns))
+                                             for c in COLUMNS))
     labels = np.concatenate([fold.labels for fold in scored])
     pooled = report(labels, np.concatenate([fold.probabilities for fold in scored]),
                     groups=np.concatenate([fold.groups for fold in scored]))

@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench.accuracy import OUT
+from bench.accuracy import COLUMNS, OUT
 
 RECIPE = ()  # the best recipe as it stands: no options
-SCORES = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr",
-          "spec@thr", "ece", "minutes")
+SCORES = tuple(column for column in COLUMNS if column != "ece_before")
 Job = tuple[tuple[str, ...], int, int]  # options, seed (partition), fold
 
 

@@ -1,10 +1,14 @@
 """The two-phase screen's rule (bench/screen.py): what qualifies, what phase 2 runs, what is adopted."""
 
+import contextlib
+import io
 import sys
 
+import numpy as np
 import pytest
 
 import bench.screen as screen
+from bench.accuracy import COLUMNS, ScoredFold, print_table
 from bench.screen import RECIPE, SCORES, adopted, fold_row, pick
 
 STRONG, BIG = ("--set", "augment=strong"), ("--pre", "size=224")
@@ -27,6 +31,18 @@ def test_the_fold_row_is_read_from_the_benchmark_table(tmp_path):
     assert fold_row(log, 0) is None
     log.write_text("Traceback (most recent call last):\n")
     assert fold_row(log, 3) is None
+
+
+def test_the_fold_row_reads_back_what_the_benchmark_prints(tmp_path):
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    row = {"fold": 3, "n": 6} | {column: round(0.1 + 0.05 * i, 3) for i, column in enumerate(COLUMNS)}
+    fold = ScoredFold(row, labels, np.eye(3)[labels] * 0.8 + 0.2 / 3, np.arange(6), labels == 1)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_table([fold])
+    log = tmp_path / "fold.log"
+    log.write_text(printed.getvalue())
+    assert fold_row(log, 3) == pytest.approx({name: float(value) for name, value in row.items()})
 
 
 def test_phase_two_runs_the_best_qualified_variant_else_the_best_gain_for_information():
