@@ -14,7 +14,8 @@ gains) and the recipe on partitions 1 and 2. The variant is adopted only if it q
 on those ten fresh folds, gains at least ``--confirm`` in accuracy and in macro-F1, raises the
 malignant AUC and loses at most 0.01 of malignant recall. Partition 0 is where the recipe was
 tuned, so it flatters whatever resembles the recipe's own choices; the fresh partitions decide.
-Jobs still running when ``--budget`` seconds are spent are stopped and their folds left out.
+Jobs still running when ``--budget`` seconds are spent are stopped and their folds left out;
+``--phases 1`` stops after phase 1, saying which variant phase 2 would run and whether it qualified.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--bar", type=float, default=0.03)
     parser.add_argument("--confirm", type=float, default=0.015)
     parser.add_argument("--logs", type=Path, default=OUT / "screen")
+    parser.add_argument("--phases", type=int, choices=(1, 2), default=2,
+                        help="1: partition 0 only, when the machine's time cannot hold phase 2's twenty models")
     args = parser.parse_args()
     args.logs.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
@@ -161,6 +164,9 @@ def main() -> None:
         print(describe(rows, options, (0,)))
         print("  gain:", describe_gain(gains[options]))
     chosen, qualified = pick(gains, args.bar)
+    if args.phases == 1:
+        print(f"phase 1 picks: {shlex.join(chosen) if chosen else 'no variant'} ({'qualified' if qualified else 'not qualified'})")
+        return
     if chosen is None:
         print("phase 2: no variant gains; nothing to run")
         return

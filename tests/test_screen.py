@@ -83,3 +83,18 @@ def test_the_screen_pairs_each_fold_with_the_recipe_and_runs_phase_two_on_fresh_
     assert "phase 2 (decides): --set augment=strong" in printed
     assert "10 paired folds: accuracy +0.045 (lower on 0)" in printed
     assert printed.rstrip().endswith("decision: adopt")
+
+
+def test_one_phase_stops_after_partition_zero_naming_its_pick(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def fake_run_folds(jobs, args, deadline):
+        asked.append(sorted({(options, seed) for options, seed, _ in jobs}))
+        return {job: _row(0.72 if job[0] == STRONG else 0.68, malignant_auc=0.87) for job in jobs}
+
+    monkeypatch.setattr(screen, "run_folds", fake_run_folds)
+    monkeypatch.setattr(sys, "argv", ["screen", "--data", str(tmp_path), "--logs", str(tmp_path / "logs"),
+                                      "--variant", "--set augment=strong", "--phases", "1"])
+    screen.main()
+    assert asked == [sorted([(RECIPE, 0), (STRONG, 0)])]
+    assert capsys.readouterr().out.rstrip().endswith("phase 1 picks: --set augment=strong (qualified)")
