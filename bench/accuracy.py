@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -49,16 +50,23 @@ COLUMNS = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_
            "ece_before", "ece", "minutes")
 
 
+TRAIN_SECONDS = "bench-train-seconds.txt"
+
+
 def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> float:
-    """Wall seconds of training (0 when a finished run is reused)."""
+    """Wall seconds of training; for a finished run that is reused, the seconds it took then (NaN
+    when they were not recorded), so a table of reused folds does not claim they cost nothing."""
     if (run / "predictions.csv").is_file():
         _check_settings(run, config, preprocess)
-        return 0.0
+        recorded = run / TRAIN_SECONDS
+        return float(recorded.read_text()) if recorded.is_file() else math.nan
     started = time.perf_counter()
     events = list(train(data, run, config, preprocess))
     if not isinstance(events[-1], Done):
         raise SystemExit(f"{run}: {events[-1]}")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    (run / TRAIN_SECONDS).write_text(f"{seconds:.1f}\n")
+    return seconds
 
 
 def _check_settings(run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> None:

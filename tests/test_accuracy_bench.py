@@ -1,13 +1,16 @@
 """The accuracy benchmark's reuse of finished folds (bench/accuracy.py)."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
 
-from bench.accuracy import _train_fold
+from bench.accuracy import TRAIN_SECONDS, _train_fold
 from busi.config import config_to_dict
+from busi.preprocess import PreprocessConfig
 from busi.recipes import recipe
+from busi.train import TrainConfig
 
 
 def test_a_finished_fold_is_reused_only_for_the_settings_it_was_trained_with(tmp_path):
@@ -21,4 +24,14 @@ def test_a_finished_fold_is_reused_only_for_the_settings_it_was_trained_with(tmp
         _train_fold(tmp_path, run, config, preprocess)
     with pytest.raises(SystemExit, match="size 128 -> 160"):
         _train_fold(tmp_path, run, trained, replace(preprocess, size=160))
-    assert _train_fold(tmp_path, run, replace(trained, threads=2), preprocess) == 0.0
+    assert math.isnan(_train_fold(tmp_path, run, replace(trained, threads=2), preprocess))  # trained before times were kept
+    (run / TRAIN_SECONDS).write_text("321.5\n")
+    assert _train_fold(tmp_path, run, trained, preprocess) == 321.5
+
+
+def test_a_trained_fold_keeps_its_time_for_when_it_is_reused(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, lr=0.01, device="cpu", seed=1, folds=3)
+    run = tmp_path / "fold-0"
+    seconds = _train_fold(synthetic_dataset, run, config, PreprocessConfig(size=32))
+    assert seconds > 0
+    assert _train_fold(synthetic_dataset, run, config, PreprocessConfig(size=32)) == round(seconds, 1)
