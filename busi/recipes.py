@@ -10,7 +10,7 @@ RECIPES: dict[str, tuple[TrainConfig, PreprocessConfig]] = {
     # The study exactly: ResNet-50, SGD 0.001 momentum 0.9, StepLR 5 x0.1, 10 epochs, batch 8, 224 px.
     "study": (TrainConfig(), PreprocessConfig()),
     # Our recipe from scratch for CPUs (issue 6): a smaller backbone at 128 px for many epochs
-    # (90, about 18 minutes on one CPU thread), AdamW with warm-up and cosine decay,
+    # (90: about 10 minutes on two CPU cores, 18 on one thread), AdamW with warm-up and cosine decay,
     # class-weighted loss with label smoothing, strong ultrasound augmentation (the longer
     # schedule needs the wider views: with the milder policy 90 epochs rank malignant scans
     # worse), mixup, and the lesion masks as auxiliary supervision during training only; the

@@ -17,7 +17,7 @@ from pages import _ui
 _ui.sidebar()
 RECIPE_NOTES = {
     "study": "the study's exact recipe: ResNet-50, SGD, StepLR, 10 epochs, batch 8, flips, 224 px",
-    "best": "our CPU recipe: ResNet-18 at 128 px, 90 epochs (about 18 minutes on one CPU thread), AdamW with warm-up "
+    "best": "our CPU recipe: ResNet-18 at 128 px, 90 epochs (about 10 minutes on two CPU cores), AdamW with warm-up "
             "and cosine decay, class-weighted loss with label smoothing, strong ultrasound augmentation, mixup, lesion "
             "masks as training-only supervision, the final epoch's weights",
     "quick": "a demo model for the synthetic phantoms, trained in well under two minutes",
