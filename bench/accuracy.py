@@ -126,6 +126,13 @@ def _overridden(config, items: list[str]):
     return dataclasses.replace(config, **overrides)
 
 
+def results_folder(recipe_name: str, overrides: list[str], seed: int, folds: int) -> Path:
+    """Where a variant's folds live: one folder per recipe, overrides and seed, so finished folds
+    are found again; a path among the values (``pretrained=/weights/r18.pth``) stays one folder."""
+    variant = "".join(f"-{item}".replace("/", "_") for item in sorted(overrides))
+    return OUT / f"accuracy-{recipe_name}{variant}-seed{seed}" / (f"{folds}fold" if folds else "split")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="study")
@@ -150,8 +157,7 @@ def main() -> None:
     folds = range(args.folds) if args.folds else [0]
     if args.only:
         folds = [int(f) for f in args.only.split(",")]
-    variant = "".join(f"-{item}" for item in sorted(args.set + args.pre))
-    out = OUT / f"accuracy-{args.recipe}{variant}-seed{args.seed}" / (f"{args.folds}fold" if args.folds else "split")
+    out = results_folder(args.recipe, args.set + args.pre, args.seed, args.folds)
 
     scored = []
     for fold in folds:
@@ -174,7 +180,7 @@ def main() -> None:
             validation = dataclasses.replace(validation, probabilities=np.mean([m[1].probabilities for m in members], axis=0))
             ece_before = statistics.mean(m[3] for m in members)
         scored.append(scored_fold(fold, test, validation, calibrated, ece_before, seconds))
-    print(f"recipe {args.recipe}{variant}, seed {args.seed}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else "")
+    print(f"{out.parent.name}, data {args.data}" + (", flip-averaged (TTA)" if args.tta else "")
           + (", final-epoch weights" if args.last else "") + (f", ensembles of {args.members} (ece_before: the members' mean; minutes: all members)" if args.members > 1 else ""))
     print_table(scored)
 

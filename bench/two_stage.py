@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.accuracy import DEFAULT_DATA, OUT, print_table, scored_fold
+from bench.accuracy import DEFAULT_DATA, OUT, print_table, results_folder, scored_fold
 from busi.augment import augment_batch
 from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.evaluate import run_predictions
@@ -223,7 +223,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     folds = [int(f) for f in args.only.split(",")] if args.only else range(args.folds)
     out = OUT / f"two-stage-seed{args.seed}" / f"{args.folds}fold"
-    whole = OUT / f"accuracy-best-seed{args.seed}" / f"{args.folds}fold"
+    whole = results_folder("best", [], args.seed, args.folds)
     index = index_dataset(args.data)
     masks = lesion_masks(index, PreprocessConfig(size=recipe("best")[1].size))
     lesion = masks_known(index) & (np.array(index.labels) != "normal")

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from bench.accuracy import TRAIN_SECONDS, _train_fold
+from bench.accuracy import OUT, TRAIN_SECONDS, _train_fold, results_folder
 from busi.config import config_to_dict
 from busi.preprocess import PreprocessConfig
 from busi.recipes import recipe
@@ -35,3 +35,11 @@ def test_a_trained_fold_keeps_its_time_for_when_it_is_reused(synthetic_dataset, 
     seconds = _train_fold(synthetic_dataset, run, config, PreprocessConfig(size=32))
     assert seconds > 0
     assert _train_fold(synthetic_dataset, run, config, PreprocessConfig(size=32)) == round(seconds, 1)
+
+
+def test_each_variant_has_its_own_results_folder_one_level_deep():
+    plain = results_folder("best", [], 0, 5)
+    weights = results_folder("best", ["pretrained=/weights/r18.pth", "mixup=0"], 2, 5)
+    assert plain == OUT / "accuracy-best-seed0" / "5fold"
+    assert weights.parent.parent == OUT and weights.parent.name == "accuracy-best-mixup=0-pretrained=_weights_r18.pth-seed2"
+    assert results_folder("study", [], 0, 0).name == "split"

@@ -26,7 +26,7 @@ def _gains(accuracy, macro_f1, malignant_recall=0.0, folds=5, malignant_auc=0.01
 
 def test_the_fold_row_is_read_from_the_benchmark_table(tmp_path):
     log = tmp_path / "fold.log"
-    log.write_text("recipe best, seed 1\n  fold    n  accuracy  macro_f1\n(a note)\n     3  132  0.689  0.674\n")
+    log.write_text("accuracy-best-seed1, data busi\n  fold    n  accuracy  macro_f1\n(a note)\n     3  132  0.689  0.674\n")
     assert fold_row(log, 3) == {"fold": 3.0, "n": 132.0, "accuracy": 0.689, "macro_f1": 0.674}
     assert fold_row(log, 0) is None
     log.write_text("Traceback (most recent call last):\n")
