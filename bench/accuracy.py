@@ -48,8 +48,7 @@ OUT = Path(__file__).resolve().parent / "out"
 # The table's score columns, one per fold row; bench.screen reads them back by these names.
 COLUMNS = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_recall", "malignant_auc", "sens@thr", "spec@thr",
            "ece_before", "ece", "minutes")
-
-
+# Beside each fold's run: its training time, so a reused fold still reports what it cost.
 TRAIN_SECONDS = "bench-train-seconds.txt"
 
 
