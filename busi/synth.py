@@ -127,22 +127,47 @@ def make_phantom(label: str, seed: int, size: tuple[int, int] = (256, 256)) -> t
     return np.clip(image, 0, 255).astype(np.uint8), masks
 
 
-def write_dataset(out: str | os.PathLike, per_class: int, seed: int = 0, size: tuple[int, int] = (256, 256)) -> Path:
-    """Write ``per_class`` phantoms per class in the BUSI layout; returns the dataset folder."""
+def near_duplicate(image: np.ndarray, scale: float = 0.9) -> np.ndarray:
+    """A re-exported copy of a scan, as BUSI holds them: resized, slightly brighter, with a
+    burned-in caliper mark. The near-duplicate grouping must put it with its original."""
+    height, width = image.shape
+    copy = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+    copy = cv2.convertScaleAbs(copy, alpha=1.05, beta=4)
+    cv2.drawMarker(copy, (copy.shape[1] // 8, copy.shape[0] // 8), 255, cv2.MARKER_CROSS, max(3, width // 20), 1)
+    return copy
+
+
+def write_dataset(out: str | os.PathLike, per_class: int, seed: int = 0, size: tuple[int, int] = (256, 256), *,
+                  copies: int = 0) -> Path:
+    """Write ``per_class`` phantoms per class in the BUSI layout; returns the dataset folder.
+
+    ``copies`` > 0 adds that many near-duplicates per class (``near_duplicate`` of phantoms 1,
+    2, ..., numbered after the originals, masks resized alike), so that tests can check that
+    splits keep copies of one lesion together."""
     if per_class < 1:
         raise ParameterError(f"per_class must be at least 1, got {per_class}.")
+    if not 0 <= copies <= per_class:
+        raise ParameterError(f"copies must be between 0 and per_class ({per_class}), got {copies}.")
     root = Path(out) / DATASET_FOLDER
     for label in CLASSES:
         folder = root / label
         folder.mkdir(parents=True, exist_ok=True)
-        for number in range(1, per_class + 1):
-            image, masks = make_phantom(label, seed * 1_000_003 + number, size)
-            name = f"{label} ({number})"
-            (folder / f"{name}.png").write_bytes(encode_png(image))
-            for mask_number, mask in enumerate(masks or [np.zeros(size, bool)]):
-                suffix = "_mask" if mask_number == 0 else f"_mask_{mask_number}"
-                (folder / f"{name}{suffix}.png").write_bytes(encode_png(mask))
+        phantoms = [make_phantom(label, seed * 1_000_003 + number, size) for number in range(1, per_class + 1)]
+        for number, (image, masks) in enumerate(phantoms, start=1):
+            _write_scan(folder, f"{label} ({number})", image, masks or [np.zeros(size, bool)])
+        for number, (image, masks) in enumerate(phantoms[:copies], start=per_class + 1):
+            copy = near_duplicate(image)
+            copy_masks = [cv2.resize(mask.astype(np.uint8), copy.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+                          for mask in masks or [np.zeros(size, bool)]]
+            _write_scan(folder, f"{label} ({number})", copy, copy_masks)
     return root
+
+
+def _write_scan(folder: Path, name: str, image: np.ndarray, masks: list[np.ndarray]) -> None:
+    (folder / f"{name}.png").write_bytes(encode_png(image))
+    for mask_number, mask in enumerate(masks):
+        suffix = "_mask" if mask_number == 0 else f"_mask_{mask_number}"
+        (folder / f"{name}{suffix}.png").write_bytes(encode_png(mask))
 
 
 def ensure_demo_dataset(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,7 +77,11 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 @pytest.fixture(scope="session")
 def real_busi() -> Path:
+    """The real data beside the clone; its tests skip without it, unless BUSI_REQUIRE_DATA is set
+    (CI, which has it: a silent skip there would hide every real-data test)."""
     if not (REAL_BUSI / "Dataset_BUSI_with_GT").is_dir():
+        if os.environ.get("BUSI_REQUIRE_DATA"):
+            pytest.fail(f"BUSI_REQUIRE_DATA is set but the real BUSI data is missing at {REAL_BUSI}")
         pytest.skip("real BUSI data not present at ../shared/busi")
     return REAL_BUSI
 
@@ -85,6 +90,12 @@ def real_busi() -> Path:
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A small phantom dataset, shared read-only by the tests that need clean data."""
     return synth.write_dataset(tmp_path_factory.mktemp("synthetic"), per_class=6, seed=3, size=(96, 96))
+
+
+@pytest.fixture(scope="session")
+def duplicated_dataset(tmp_path_factory) -> Path:
+    """Phantoms with two near-duplicate copies per class (six groups of two scans)."""
+    return synth.write_dataset(tmp_path_factory.mktemp("duplicated"), per_class=6, seed=3, size=(96, 96), copies=2)
 
 
 @pytest.fixture(autouse=True)

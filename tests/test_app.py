@@ -268,15 +268,17 @@ def test_prediction_with_a_stacked_channel_model_shows_the_processed_channel(run
     assert any("the processed channel" in caption for caption in captions), captions
 
 
-def test_moving_the_heatmap_slider_does_not_rerun_the_model(runs_with_model, monkeypatch):
+def test_moving_the_heatmap_slider_reruns_neither_the_model_nor_grad_cam(runs_with_model, monkeypatch):
     from busi.predict import Classifier
 
     calls = []
-    original = Classifier.predict
-    monkeypatch.setattr(Classifier, "predict", lambda self, image: calls.append(1) or original(self, image))
+    predict, explain = Classifier.predict, Classifier.explain
+    monkeypatch.setattr(Classifier, "predict", lambda self, image: calls.append("predict") or predict(self, image))
+    monkeypatch.setattr(Classifier, "explain", lambda self, image, class_name=None: calls.append("explain")
+                        or explain(self, image, class_name))
     app = open_page("prediction")
     scan = png_bytes(synth.make_phantom("benign", 5, (96, 96))[0])
     widget(app, "pr_uploads").set_value([("scan.png", scan, "image/png")]).run()
     widget(app, "pr_opacity").set_value(0.2).run()
     widget(app, "pr_opacity").set_value(0.7).run()
-    assert len(calls) == 1 and not app.exception
+    assert sorted(calls) == ["explain", "predict"] and not app.exception

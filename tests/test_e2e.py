@@ -7,11 +7,16 @@ Skipped when Chromium or Playwright is missing, unless BUSI_REQUIRE_BROWSER is s
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +27,7 @@ from busi import synth
 from tests.conftest import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
+STRACE = shutil.which("strace")
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = bool(os.environ.get("BUSI_REQUIRE_BROWSER"))
 try:
@@ -42,10 +48,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _listing(*folders: Path) -> set[str]:
-    return {str(p) for folder in folders for p in folder.rglob("*")}
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``streamlit run app.py`` with its own cache, runs and temp folders; yields its URL."""
@@ -55,7 +57,7 @@ def server(tmp_path_factory):
         folder.mkdir()
     port = _free_port()
     environment = os.environ | {"BUSI_CACHE": str(folders["cache"]), "BUSI_RUNS": str(folders["runs"]),
-                                "TMPDIR": str(folders["tmp"]), "PYTHONPATH": str(ROOT)}
+                                "TMPDIR": str(folders["tmp"]), "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     environment.pop("BUSI_DATA", None)
     log = open(base / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
@@ -72,7 +74,7 @@ def server(tmp_path_factory):
     else:
         process.kill()
         pytest.fail("streamlit did not start: " + (base / "server.log").read_text())
-    yield {"url": url, "base": base, **folders}
+    yield {"url": url, "base": base, "pid": process.pid, **folders}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -161,6 +163,29 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     no_error_box(page)
     page.screenshot(path=str(shots / "evaluation-cell.png"), full_page=True)
 
+    # With every scan called malignant (threshold 0), the benign test scans all move to the
+    # off-diagonal square (true benign, predicted malignant): its gallery must show exactly them.
+    page.get_by_text("Call a scan malignant when p(malignant) reaches a threshold").click()
+    settle(page, "Threshold")
+    page.locator("input[type=range][aria-label='Threshold']").focus()
+    page.keyboard.press("Home")
+    page.get_by_text(re.compile(r"Sensitivity for malignant")).first.wait_for()
+    settle(page, "Specificity for malignant")
+    (run,) = [folder for folder in server["runs"].iterdir() if folder.is_dir()]
+    with open(run / "predictions.csv", newline="") as file:
+        benign_tests = {row["path"] for row in csv.DictReader(file) if row["split"] == "test" and row["label"] == "benign"}
+    box = squares.nth(1).bounding_box()  # row benign, column malignant
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text(re.compile(rf"{len(benign_tests)} scans\W+true benign, predicted malignant")).wait_for(timeout=60_000)
+    settle(page, "true benign, predicted malignant")
+    scan_captions = page.locator("[data-testid='stImageCaption']").filter(has_text=" · ")
+    playwright_api.expect(scan_captions).to_have_count(len(benign_tests), timeout=60_000)  # drawn one by one
+    captions = scan_captions.all_inner_texts()
+    shown = {caption.split(" · ")[0] for caption in captions if " · " in caption}
+    assert shown == benign_tests, (shown, benign_tests)
+    no_error_box(page)
+    page.screenshot(path=str(shots / "evaluation-off-diagonal.png"), full_page=True)
+
     open_page(page, server, "prediction", "Upload one or more", shots, "prediction")
     scan = tmp_path / "upload-scan.png"
     scan.write_bytes(png_bytes(synth.make_phantom("malignant", 11, (128, 128))[0]))
@@ -171,7 +196,7 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     page.get_by_text("Class probabilities").first.wait_for(timeout=30_000)
     no_error_box(page)
     page.screenshot(path=str(shots / "prediction-result.png"), full_page=True)
-    assert len(list(shots.iterdir())) == 9
+    assert len(list(shots.iterdir())) == 10
 
 
 def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, tmp_path):
@@ -208,23 +233,79 @@ def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, tm
     playwright_api.expect(trainer.get_by_text("The run was stopped")).to_have_count(1, timeout=30_000)
 
 
+# System calls that create a file or directory, open one for writing, or name one anew.
+_WRITING_CALLS = ("open", "openat", "openat2", "creat", "mkdir", "mkdirat", "rename", "renameat", "renameat2", "link",
+                  "linkat", "symlink", "symlinkat", "mknod", "mknodat", "truncate")
+_CALL = re.compile(r'^\d+\s+(?P<call>\w+)\((?P<arguments>.*)\)\s+=\s+(?P<result>-?\d+)')
+
+
+def _written_paths(trace: str) -> list[str]:
+    """The paths that successful writing calls in an strace log touched (pseudo-files aside)."""
+    paths = []
+    for line in trace.splitlines():
+        match = _CALL.match(line)
+        if not match or match["result"].startswith("-"):
+            continue
+        if match["call"].startswith("open") and not re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_TRUNC", match["arguments"]):
+            continue  # read only
+        paths += [path for path in re.findall(r'"([^"]*)"', match["arguments"])
+                  if not path.startswith(("/dev/null", "/proc/", "/sys/"))]
+    return paths
+
+
+@contextlib.contextmanager
+def files_written_by(pid: int, log: Path):
+    """Yields a list that, after the block, holds every path process ``pid`` (all its threads and
+    children) created or opened for writing during it, anywhere on the machine. strace sees the
+    system calls, so a write from C code (OpenCV, torch) counts as much as one from Python."""
+    tracer = subprocess.Popen(["strace", "-f", "-p", str(pid), "-o", str(log), "-e", "trace=" + ",".join(_WRITING_CALLS)],
+                              stderr=subprocess.PIPE, text=True)
+    said = tracer.stderr.readline()
+    if "attached" not in said:  # a watch that never started would see nothing and pass
+        tracer.kill()
+        pytest.fail(f"strace could not watch process {pid}: {said}{tracer.stderr.read()}")
+    written: list[str] = []
+    try:
+        yield written
+    finally:
+        still_watching = tracer.poll() is None
+        tracer.send_signal(signal.SIGINT)  # detaches; the server runs on untouched
+        tracer.wait(timeout=30)
+        written += _written_paths(log.read_text())
+    assert still_watching, f"strace stopped watching process {pid} early: {tracer.stderr.read()}"
+
+
+def test_the_write_watch_sees_a_temporary_file_made_and_deleted(tmp_path):
+    script = ("import sys, tempfile, time; sys.stdin.readline(); f = tempfile.NamedTemporaryFile(); f.write(b'x'); "
+              "f.close(); print('written', flush=True); time.sleep(60)")
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        with files_written_by(process.pid, tmp_path / "trace.log") as written:
+            process.stdin.write("go\n")
+            process.stdin.flush()
+            assert process.stdout.readline() == "written\n"
+    finally:
+        process.kill()
+        process.wait()
+    assert any(Path(path).parent == Path(tempfile.gettempdir()) for path in written), written
+
+
+@pytest.mark.skipif(not STRACE and not REQUIRED, reason="strace is not installed (apt-get install strace)")
 def test_uploads_are_never_written_to_disk_or_logged(server, browser, tmp_path):
-    watched = (server["tmp"], server["runs"], server["cache"], server["base"])
-    before = _listing(*watched)
     page = browser.new_page()
     page.goto(f"{server['url']}/prediction")
     settle(page, "Upload one or more")
     secret = tmp_path / "patient-4711.png"
     pixels = synth.make_phantom("malignant", 13, (128, 128))[0]
     secret.write_bytes(png_bytes(pixels))
-    page.locator("input[type=file]").set_input_files(str(secret))
-    settle(page, "Predicted class")
-    page.goto(f"{server['url']}/playground")
-    settle(page, "model input")
-    page.get_by_text("Upload a scan").click()
-    settle(page, "Choose a PNG")
-    page.locator("input[type=file]").set_input_files(str(secret))
-    settle(page, "model input")
-    after = _listing(*watched)
-    assert after == before, sorted(after - before)
+    with files_written_by(server["pid"], tmp_path / "trace.log") as written:
+        page.locator("input[type=file]").set_input_files(str(secret))
+        settle(page, "Predicted class")
+        page.goto(f"{server['url']}/playground")
+        settle(page, "model input")
+        page.get_by_text("Upload a scan").click()
+        settle(page, "Choose a PNG")
+        page.locator("input[type=file]").set_input_files(str(secret))
+        settle(page, "model input")
+    assert written == []
     assert "patient-4711" not in (server["base"] / "server.log").read_text()

@@ -45,3 +45,12 @@ def test_temperature_scaling_calibrates_an_overconfident_model_without_changing_
     assert np.allclose(calibrated.sum(1), 1)
     assert calibration(labels, calibrated)["ece"] < 0.05 < calibration(labels, probabilities)["ece"]
     assert np.allclose(apply_temperature(logits, 1.0), probabilities / probabilities.sum(1, keepdims=True))
+
+
+def test_temperature_scaling_is_a_softmax_over_each_rows_classes():
+    # Every column has its own maximum, so normalising over the wrong axis cannot go unnoticed.
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0], [-2.0, 1.0, 4.0], [5.0, -3.0, 0.0]])
+    for temperature in (0.5, 1.0, 2.0):
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(1, keepdims=True)
+        np.testing.assert_allclose(apply_temperature(logits, temperature), expected, rtol=1e-12)
+    assert apply_temperature(logits, 2.0).argmax(1).tolist() == [0, 1, 2, 0]

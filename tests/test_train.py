@@ -1,6 +1,8 @@
+import csv
 import inspect
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -9,6 +11,7 @@ import torch
 
 import busi.train
 from busi.augment import augment_batch
+from busi.cli import main
 from busi.config import config_from_dict
 from busi.data import index_dataset
 from busi.errors import BusiError
@@ -97,6 +100,21 @@ def test_a_cross_validation_fold_tests_on_that_fold(synthetic_dataset, tmp_path)
     assert [r["split"] == "test" for r in rows] == (folds == 1).tolist()
     assert set(load_checkpoint(tmp_path / "best.pt")["input_stats"]) == {
         "brightness_mean", "brightness_sd", "contrast_mean", "contrast_sd"}
+
+
+@pytest.mark.parametrize("folds, fold", [(0, 0), (3, 1)])
+def test_near_duplicates_never_straddle_the_parts_of_a_trained_run(duplicated_dataset, tmp_path, folds, fold):
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", folds=folds, fold=fold)
+    assert isinstance(list(train(duplicated_dataset, tmp_path, config, SMALL))[-1], Done)
+    parts_of_group, members = {}, Counter()
+    for row in read_manifest(tmp_path / "split.csv"):
+        parts_of_group.setdefault(row["group"], set()).add(row["split"])
+        members[row["group"]] += 1
+    assert sum(count == 2 for count in members.values()) == 6  # the copies were recognised as such
+    assert all(len(parts) == 1 for parts in parts_of_group.values()), parts_of_group
+    with open(tmp_path / "predictions.csv", newline="") as file:  # the parts the model was trained and scored on
+        trained = {row["path"]: row["split"] for row in csv.DictReader(file)}
+    assert trained == {row["path"]: row["split"] for row in read_manifest(tmp_path / "split.csv")}
 
 
 def test_ensemble_members_share_the_split_but_not_the_weights(synthetic_dataset, tmp_path):
@@ -317,6 +335,22 @@ def test_stop_file_stops_with_a_checkpoint_and_resume_finishes(synthetic_dataset
     resumed = list(train(synthetic_dataset, tmp_path, resume=True))
     assert [e.epoch for e in resumed if isinstance(e, EpochEnd)] == [2]
     assert isinstance(resumed[-1], Done)
+
+
+def test_a_stop_inside_the_first_epoch_leaves_a_checkpoint_that_resume_finishes(synthetic_dataset, tmp_path, capsys):
+    events = []
+    for event in train(synthetic_dataset, tmp_path, TINY, SMALL):
+        events.append(event)
+        if isinstance(event, BatchEnd) and event.batch == 1:
+            (tmp_path / "STOP").touch()
+    assert events[-1] == Stopped(1, "stop requested") and not any(isinstance(e, EpochEnd) for e in events)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 0  # no epoch finished: resume starts at epoch 1
+    build_model("resnet18", 3).load_state_dict(state["model"])
+    assert main(["train", "--data", str(synthetic_dataset), "--out", str(tmp_path), "--resume"]) == 0
+    assert "done: the model is epoch" in capsys.readouterr().out
+    resumed = read_events(tmp_path)[len(events):]
+    assert [e.epoch for e in resumed if isinstance(e, EpochEnd)] == [1, 2] and isinstance(resumed[-1], Done)
 
 
 def test_batch_larger_than_the_data_fails_with_a_message(synthetic_dataset, tmp_path):
