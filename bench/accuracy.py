@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from busi.config import config_from_dict
+from busi.config import JobOptions, TrainConfig
 from busi.data import index_dataset, load_scan
 from busi.evaluate import (
     SCREENING_SENSITIVITY,
@@ -36,12 +35,14 @@ from busi.evaluate import (
     run_predictions,
     threshold_for_sensitivity,
 )
+from busi.events import Done
 from busi.metrics import MALIGNANT, apply_temperature, calibration, fit_temperature
 from busi.model import batched_logits
 from busi.predict import load_classifier
 from busi.preprocess import PreprocessConfig
 from busi.recipes import RECIPES, recipe
-from busi.train import CHECKPOINT, Done, TrainConfig, train
+from busi.runs import CHECKPOINT, RunFolder
+from busi.train import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 OUT = Path(__file__).resolve().parent / "out"
@@ -52,15 +53,15 @@ COLUMNS = ("accuracy", "macro_f1", "malignant_recall", "benign_recall", "normal_
 TRAIN_SECONDS = "bench-train-seconds.txt"
 
 
-def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> float:
+def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: PreprocessConfig, job: JobOptions = JobOptions()) -> float:
     """Wall seconds of training; for a finished run that is reused, the seconds it took then (NaN
     when they were not recorded), so a table of reused folds does not claim they cost nothing."""
-    if (run / "predictions.csv").is_file():
+    if RunFolder(run).has_predictions:
         _check_settings(run, config, preprocess)
         recorded = run / TRAIN_SECONDS
         return float(recorded.read_text()) if recorded.is_file() else math.nan
     started = time.perf_counter()
-    events = list(train(data, run, config, preprocess))
+    events = list(train(data, run, config, preprocess, job=job))
     if not isinstance(events[-1], Done):
         raise SystemExit(f"{run}: {events[-1]}")
     seconds = time.perf_counter() - started
@@ -69,12 +70,11 @@ def _train_fold(data: Path, run: Path, config: TrainConfig, preprocess: Preproce
 
 
 def _check_settings(run: Path, config: TrainConfig, preprocess: PreprocessConfig) -> None:
-    """Stop when a finished run was trained with other settings than asked for (threads and device
+    """Stop when a finished run was trained with other settings than asked for (how the job ran
     aside), e.g. before a recipe changed: its scores must not be reported under these settings."""
-    saved = json.loads((run / "config.json").read_text())
-    trained = dataclasses.replace(config_from_dict(TrainConfig, saved["train"]), threads=config.threads, device=config.device)
+    saved = RunFolder(run).read_config()
     differing = [f"{name} {getattr(old, name)!r} -> {getattr(new, name)!r}"
-                 for old, new in ((trained, config), (config_from_dict(PreprocessConfig, saved["preprocess"]), preprocess))
+                 for old, new in ((saved.train, config), (saved.preprocess, preprocess))
                  for name in (field.name for field in dataclasses.fields(new)) if getattr(old, name) != getattr(new, name)]
     if differing:
         raise SystemExit(f"{run} was trained with other settings ({'; '.join(differing)}): move it away to train "
@@ -85,7 +85,7 @@ def _calibrated(run: Path, test, validation) -> tuple[np.ndarray, float]:
     """Test probabilities after temperature scaling, and the test ECE before it. Runs made
     before the engine calibrated (no 'temperature' in metrics.json) are scaled here, fitting on
     their validation scans exactly as the engine does (log-probabilities stand in for logits)."""
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = RunFolder(run).read_metrics() or {}
     if "temperature" in metrics:
         return test.probabilities, metrics["test"]["ece_before_scaling"]
     log_validation = np.log(np.clip(validation.probabilities, 1e-12, 1))
@@ -150,9 +150,10 @@ def main() -> None:
     parser.add_argument("--pre", action="append", default=[], metavar="NAME=VALUE",
                         help="override one preprocessing setting (e.g. --pre size=160)")
     args = parser.parse_args()
-    config, preprocess = recipe(args.recipe)
-    config = dataclasses.replace(_overridden(config, args.set), seed=args.seed, threads=args.threads, folds=args.folds)
-    preprocess = _overridden(preprocess, args.pre)
+    chosen = recipe(args.recipe)
+    config = dataclasses.replace(_overridden(chosen.train, args.set), seed=args.seed, folds=args.folds)
+    preprocess = _overridden(chosen.preprocess, args.pre)
+    job = JobOptions(threads=args.threads)
     folds = range(args.folds) if args.folds else [0]
     if args.only:
         folds = [int(f) for f in args.only.split(",")]
@@ -163,7 +164,7 @@ def main() -> None:
         seconds, members = 0.0, []
         for member in range(args.members):
             run = out / (f"fold-{fold}" if member == 0 else f"fold-{fold}-member-{member}")
-            seconds += _train_fold(args.data, run, dataclasses.replace(config, fold=fold, member=member), preprocess)
+            seconds += _train_fold(args.data, run, dataclasses.replace(config, fold=fold, member=member), preprocess, job)
             test, validation = run_predictions(run, "test"), run_predictions(run, "val")
             if args.tta or args.last:
                 test, validation, ece_before = _rescored(run, test, validation, flip=args.tta, last=args.last)

@@ -78,8 +78,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         os.environ["BUSI_RUNS"] = runs
         # A quick demo model, so the evaluation and prediction pages have a run to show.
-        config, preprocess = recipe("quick")
-        events = list(train(ensure_demo_dataset(), Path(runs) / "quick", config, preprocess))
+        quick = recipe("quick")
+        events = list(train(ensure_demo_dataset(), Path(runs) / "quick", quick.train, quick.preprocess))
         assert events[-1].kind == "done", events[-1]
         first_renders()
         playground_updates()

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from busi.config import config_to_dict
+from busi.arrays import model_inputs
+from busi.batches import TrainingBatches
+from busi.config import TrainConfig, config_to_dict
 from busi.data import CLASSES, index_dataset, load_scan
 from busi.model import build_model, to_model_tensor
 from busi.predict import Classifier
 from busi.preprocess import Pipeline, PreprocessConfig
-from busi.train import TrainConfig, model_inputs, train_one_epoch
+from busi.train import train_one_epoch
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "busi"
 
@@ -54,9 +56,11 @@ def time_epochs(index, arch: str, batch_size: int) -> dict[str, float]:
     images = model_inputs(index, preprocess)
     one_off = time.perf_counter() - started
 
+    source = TrainingBatches(images, labels, np.arange(len(labels)), batch_size, rng=np.random.default_rng(0),
+                             device=torch.device("cpu"), to_tensor=to_model_tensor, augment="flip")
+
     def ours() -> None:
-        for _ in train_one_epoch(model, criterion, optimizer, images, labels, np.random.permutation(len(labels)),
-                                 batch_size, torch.device("cpu"), "flip", np.random.default_rng(0), 1):
+        for _ in train_one_epoch(model, source, optimizer, criterion=criterion, epoch=1):
             pass
 
     def plain() -> None:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from busi.data import index_dataset, load_mask, load_scan
-from busi.preprocess import Pipeline, PreprocessConfig
+from busi.preprocess import DisplayConfig, Pipeline, PreprocessConfig
 
 
 def time_index(folder: Path, repeats: int = 3) -> list[float]:
@@ -36,7 +36,7 @@ def time_pipeline(scan: np.ndarray, mask: np.ndarray, repeats: int = 200) -> flo
     cv2.setNumThreads(1)  # the target is per core
     scan = cv2.resize(scan, (500, 500), interpolation=cv2.INTER_AREA)
     mask = cv2.resize(mask.astype(np.uint8), (500, 500), interpolation=cv2.INTER_NEAREST).astype(bool)
-    pipeline = Pipeline(PreprocessConfig(flip=True))
+    pipeline = Pipeline(PreprocessConfig(), DisplayConfig(flip=True))
     for _ in range(10):
         pipeline.stages(scan, mask)
     samples = []

@@ -34,24 +34,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.accuracy import DEFAULT_DATA, OUT, print_table, results_folder, scored_fold
+from busi.arrays import class_numbers, lesion_masks, masks_known, model_inputs
 from busi.augment import augment_batch
+from busi.batches import TrainingBatches
 from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.evaluate import run_predictions
-from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
+from busi.events import EpochEnd
+from busi.metrics import apply_temperature, calibration, fit_temperature
 from busi.model import batched_logits, build_model, to_model_tensor
 from busi.preprocess import PreprocessConfig
 from busi.recipes import recipe
+from busi.runs import RunFolder
 from busi.split import cross_validation_split
-from busi.train import (
-    attach_lesion_head,
-    build_optimiser,
-    class_weights,
-    evaluate,
-    lesion_masks,
-    masks_known,
-    model_inputs,
-    train_one_epoch,
-)
+from busi.train import build_optimiser, class_weights, fit, new_training_state
 
 SOURCE_SIZE = 256  # crops are cut from the processed scan at this size, then scaled to the recipe's
 CONTEXT = 0.5  # context around the lesion region on each side, as a share of the region's side
@@ -96,7 +91,7 @@ def train_localiser(images: np.ndarray, masks: np.ndarray, rows: np.ndarray, rng
                     device: torch.device) -> Localiser:
     """Trained on ``rows`` (scans with a known mask; normal scans' masks are empty), with the
     recipe's ultrasound augmentation moving scans and masks alike."""
-    config = dataclasses.replace(recipe("best")[0], **LOCALISER)
+    config = dataclasses.replace(recipe("best").train, **LOCALISER)
     model = Localiser().to(device)
     optimiser, schedule = build_optimiser(model, config)
     for _ in range(config.epochs):
@@ -146,26 +141,19 @@ def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarra
                           rng: np.random.Generator, device: torch.device) -> np.ndarray:
     """The best recipe's training on the crops, the epoch chosen on the validation crops' macro-F1
     as the engine does with keep=best (the setting it was measured with); logits (N, C) of every crop with the chosen weights."""
-    config, preprocess = recipe("best")
+    best = recipe("best")
+    config = dataclasses.replace(best.train, keep="best")
     train_rows, val_rows = np.flatnonzero(parts == "train"), np.flatnonzero(parts == "val")
-    model = build_model(config.arch, len(CLASSES)).to(device)
-    head = attach_lesion_head(model, config.arch, preprocess.size, device)
-    optimiser, schedule = build_optimiser(model, config, head)
-    criterion = nn.CrossEntropyLoss(weight=class_weights(labels[train_rows]).to(device), label_smoothing=config.label_smoothing)
-    best_f1, best_state = -1.0, None
-    for epoch in range(1, config.epochs + 1):
-        for _ in train_one_epoch(model, criterion, optimiser, crops, labels, rng.permutation(train_rows), config.batch_size,
-                                 device, config.augment, rng, epoch, (head, masks, known, config.mask_weight), None, config.mixup,
-                                 config.cutmix):
-            pass  # the batch events matter to the app, not to this benchmark
-        schedule.step()
-        _, probabilities = evaluate(model, criterion, crops[val_rows], labels[val_rows], device, config.batch_size)
-        f1 = summarise(labels[val_rows], probabilities.argmax(1))["macro_f1"]
-        if f1 > best_f1:
-            best_f1, best_state = f1, copy.deepcopy(model.state_dict())
-    head.remove()
-    model.load_state_dict(best_state)
-    return batched_logits(model, crops, device, config.batch_size).numpy()
+    state = new_training_state(config, device, class_weight=class_weights(labels[train_rows]), size=best.preprocess.size)
+    batches = TrainingBatches(crops, labels, train_rows, config.batch_size, rng=rng, device=device, to_tensor=to_model_tensor,
+                              augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, masks=masks, mask_known=known)
+    kept = None
+    for event in fit(state, batches, (crops[val_rows], labels[val_rows]), config, device):
+        if isinstance(event, EpochEnd) and event.kept:
+            kept = copy.deepcopy(state.model.state_dict())
+    state.head.remove()
+    state.model.load_state_dict(kept)
+    return batched_logits(state.model, crops, device, config.batch_size).numpy()
 
 
 def _run_fold(index: DatasetIndex, fold: int, folds: int, seed: int, out: Path) -> dict:
@@ -176,10 +164,10 @@ def _run_fold(index: DatasetIndex, fold: int, folds: int, seed: int, out: Path) 
     torch.manual_seed(seed)
     rng = np.random.default_rng((seed, fold))
     device = torch.device("cpu")
-    size = recipe("best")[1].size
+    size = recipe("best").preprocess.size
     small, large = PreprocessConfig(size=size), PreprocessConfig(size=SOURCE_SIZE)
     images, masks = model_inputs(index, small), lesion_masks(index, small)
-    labels = np.array([CLASSES.index(label) for label in index.labels])
+    labels = class_numbers(index)
     known = masks_known(index)
     parts = cross_validation_split(index.labels, index.groups, fold=fold, n_splits=folds, seed=seed)
 
@@ -225,10 +213,10 @@ def main() -> None:
     out = OUT / f"two-stage-seed{args.seed}" / f"{args.folds}fold"
     whole = results_folder("best", [], args.seed, args.folds)
     index = index_dataset(args.data)
-    masks = lesion_masks(index, PreprocessConfig(size=recipe("best")[1].size))
+    masks = lesion_masks(index, PreprocessConfig(size=recipe("best").preprocess.size))
     lesion = masks_known(index) & (np.array(index.labels) != "normal")
     position = {index.relative_path(record): row for row, record in enumerate(index.records)}
-    missing = [fold for fold in folds if not (whole / f"fold-{fold}" / "predictions.csv").is_file()]
+    missing = [fold for fold in folds if not RunFolder(whole / f"fold-{fold}").has_predictions]
     if missing:  # checked first: each fold here trains for about ten minutes before it needs them
         raise SystemExit(f"The whole-scan models of fold(s) {', '.join(map(str, missing))} are missing from {whole}: run "
                          f".venv/bin/python -m bench.accuracy --recipe best --folds {args.folds} --seed {args.seed} first.")

@@ -7,14 +7,15 @@ import dataclasses
 import json
 import signal
 import sys
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from busi import synth
-from busi.config import config_from_dict, config_to_dict
+from busi import NOTICE, synth
+from busi.config import DEVICES, JobOptions, TrainConfig, config_to_dict, train_config_from_saved
 from busi.data import CLASSES, DatasetIndex, index_dataset
-from busi.errors import BusiError
+from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
     BOOTSTRAP_SAMPLES,
     SPLITS,
@@ -24,22 +25,15 @@ from busi.evaluate import (
     screening_threshold,
     write_report_json,
 )
+from busi.events import BatchEnd, Done, EpochEnd, Failed, Started, Stopped
 from busi.explain import energy_inside, heatmap_overlay
 from busi.imageio import encode_png, read_mask, write_atomic
 from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
 from busi.preprocess import INPUT_CHANNELS, PreprocessConfig
 from busi.recipes import RECIPES, recipe
+from busi.runs import RunFolder
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
-from busi.train import (
-    STOP_FILE,
-    BatchEnd,
-    Done,
-    EpochEnd,
-    Failed,
-    Stopped,
-    TrainConfig,
-    train,
-)
+from busi.train import train
 
 
 def _print_summary(index: DatasetIndex) -> None:
@@ -110,7 +104,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _render_event(event) -> None:
-    if isinstance(event, BatchEnd):
+    if isinstance(event, Started) and event.resumed:
+        print(f"resuming at epoch {event.epoch} of {event.epochs}")
+    elif isinstance(event, BatchEnd):
         filled = round(20 * event.batch / event.batches)
         print(f"\repoch {event.epoch} [{'#' * filled}{'.' * (20 - filled)}] batch {event.batch}/{event.batches} "
               f"loss {event.loss:.4f} {event.images_per_s:.1f} img/s", end="", flush=True)
@@ -124,17 +120,22 @@ def _render_event(event) -> None:
         print(f"\nstopped in epoch {event.epoch} ({event.reason}); resume with --resume")
 
 
+# The flags that choose what is trained; --resume continues with the run's saved ones instead.
+_RECIPE_FLAGS = ("recipe", "config", "image_size", "channels", *(field.name for field in dataclasses.fields(TrainConfig)))
+
+
 def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, PreprocessConfig]:
     """The recipe (or a saved config.json), then any flags given on top of it."""
     if args.config:
         try:
             saved = json.loads(Path(args.config).read_text())
-            config = config_from_dict(TrainConfig, saved["train"])
-            preprocess = config_from_dict(PreprocessConfig, saved["preprocess"])
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            config = train_config_from_saved(saved["train"])
+            preprocess = PreprocessConfig.from_saved(saved["preprocess"])
+        except (json.JSONDecodeError, KeyError, TypeError, ParameterError) as error:
             raise BusiError(f"'{args.config}' is not a busi config file (a run's config.json): {error}.") from error
     else:
-        config, preprocess = recipe(args.recipe)
+        chosen = recipe(args.recipe or "study")
+        config, preprocess = chosen.train, chosen.preprocess
     overrides = {name: getattr(args, name) for name in config_to_dict(config) if getattr(args, name, None) is not None}
     config = dataclasses.replace(config, **overrides)
     if args.image_size:
@@ -145,22 +146,27 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, PreprocessCon
 
 
 def _train(args: argparse.Namespace) -> int:
-    config, preprocess = _train_configs(args)
+    job = JobOptions(args.device, args.threads)
+    if args.resume:
+        ignored = ["--" + name.replace("_", "-") for name in _RECIPE_FLAGS if getattr(args, name, None) is not None]
+        if ignored:
+            print(f"warning: --resume continues with the run's saved settings; ignored: {', '.join(ignored)}", file=sys.stderr)
+        config, preprocess = TrainConfig(), PreprocessConfig()  # replaced by the checkpoint's
+    else:
+        config, preprocess = _train_configs(args)
+    run = RunFolder(args.out)
 
     def request_stop(signum, frame) -> None:  # the engine stops at the next batch, checkpointed
-        Path(args.out, STOP_FILE).touch()
+        run.request_stop()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    for event in train(args.data, args.out, config, preprocess, resume=args.resume):
+    for event in train(args.data, args.out, config, preprocess, job=job, resume=args.resume):
         _render_event(event)
         if isinstance(event, Failed):
             print(f"\nerror: {event.message}", file=sys.stderr)
             return 2
     return 0
-
-
-NOTICE = "Research demo, not a medical device: predictions must not guide patient care."
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -260,12 +266,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     synth_parser.add_argument("--size", type=int, default=256, help="side of each phantom in pixels")
     synth_parser.set_defaults(run_command=_synth)
 
-    train_parser = commands.add_parser("train", help="train a classifier into a run folder (defaults: the study's recipe)")
+    recipes = "recipes:\n" + "\n".join(textwrap.fill(f"{name}: {item.summary}", 100, initial_indent="  ",
+                                                    subsequent_indent="    ", break_on_hyphens=False) for name, item in RECIPES.items())
+    train_parser = commands.add_parser("train", help="train a classifier into a run folder (defaults: the study's recipe)",
+                                       epilog=recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_parser.add_argument("--data", required=True, help="dataset folder")
     train_parser.add_argument("--out", required=True, help="run folder to create or resume")
-    train_parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train_parser.add_argument("--recipe", choices=sorted(RECIPES), default="study",
-                              help="starting settings (default: the study's exact recipe); flags override them")
+    train_parser.add_argument("--resume", action="store_true",
+                              help="continue the run in --out from its last checkpoint, with its saved settings")
+    train_parser.add_argument("--recipe", choices=list(RECIPES),
+                              help="starting settings (default: study, the study's exact recipe); flags override them")
     train_parser.add_argument("--config", help="start from a run's config.json (training and preprocessing) instead")
     train_parser.add_argument("--image-size", type=int, help="model input side in pixels (default 224)")
     train_parser.add_argument("--channels", choices=INPUT_CHANNELS,
@@ -278,6 +288,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                       help=f"true/false (study recipe: {value})")
         else:
             train_parser.add_argument(flag, type=type(value), dest=name, help=f"study recipe: {value}")
+    train_parser.add_argument("--device", choices=DEVICES, default="auto", help="where to train (default: auto, a GPU if any)")
+    train_parser.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's choice)")
     train_parser.set_defaults(run_command=_train)
 
     evaluate = commands.add_parser("evaluate", help="classification report with 95%% intervals, ROC/PR, calibration")

@@ -39,7 +39,12 @@ from busi.imageio import (
 CLASSES = ("benign", "malignant", "normal")
 LESION_CLASSES = ("benign", "malignant")
 DATASET_FOLDER = "Dataset_BUSI_with_GT"
+# Written by busi.synth beside the class folders of the phantoms it makes: whatever is trained on
+# such a folder knows nothing about scans of patients, and every run says so.
+SYNTHETIC_MARKER = "SYNTHETIC-PHANTOMS.txt"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+# The file types a scan may be uploaded as, for upload widgets (no leading dot).
+UPLOAD_TYPES = tuple(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
 _MASK_NAME = re.compile(r"^(?P<scan>.+)_mask(?:_(?P<number>\d+))?$", re.IGNORECASE)
 # Files that operating systems and tools drop into folders; not worth a finding.
 _IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -336,6 +341,11 @@ def index_dataset(path: str | os.PathLike, *, workers: int | None = None) -> Dat
     if not records:
         findings.append(Finding("error", "no_scans", str(root), f"No readable scans under '{root}'. {EXPECTED_LAYOUT}"))
     return DatasetIndex(root, records, findings)
+
+
+def is_synthetic(root: str | os.PathLike) -> bool:
+    """Whether a dataset folder (as ``find_dataset_root`` gives it) holds busi's synthetic phantoms."""
+    return (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
 def load_scan(record: ScanRecord) -> np.ndarray:

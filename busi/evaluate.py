@@ -9,7 +9,6 @@ known, because copies of one lesion are not independent evidence.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -19,12 +18,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from busi.arrays import class_numbers, model_inputs
 from busi.data import CLASSES, index_dataset
 from busi.errors import BusiError, ParameterError
 from busi.imageio import write_atomic
-from busi.metrics import MALIGNANT, calibration, confusion_matrix, f1_scores, wilson_interval
+from busi.metrics import (
+    MALIGNANT,
+    average_precision,
+    calibration,
+    confusion_matrix,
+    f1_scores,
+    roc_auc,
+    wilson_interval,
+)
 from busi.predict import Classifier, load_classifier
-from busi.train import model_inputs
+from busi.runs import RunFolder
 
 SPLITS = ("test", "val", "train", "all")
 BOOTSTRAP_SAMPLES = 1000
@@ -45,29 +53,22 @@ class Predictions:
 
 
 def run_predictions(run: str | os.PathLike, split: str = "test") -> Predictions:
-    """The run's own predictions (best checkpoint) on one part of its split, or all of it."""
+    """The run's own predictions (its model) on one part of its split, or all of it."""
     if split not in SPLITS:
         raise ParameterError(f"split must be one of {', '.join(SPLITS)}, got '{split}'.")
-    run = Path(run)
-    for name in ("predictions.csv", "split.csv", "config.json"):
-        if not (run / name).is_file():
-            raise BusiError(f"Run folder '{run}' has no {name}: the run did not finish. Resume it, or choose another run.")
-    with open(run / "predictions.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    with open(run / "split.csv", newline="") as file:
-        groups = {row["path"]: int(row["group"]) for row in csv.DictReader(file)}
-    chosen = [row for row in rows if split == "all" or row["split"] == split]
-    if not chosen:
-        raise BusiError(f"Run '{run}' has no scans in its {split} split.")
-    data_dir = Path(json.loads((run / "config.json").read_text())["data_dir"])
-    return Predictions(
-        data_dir,
-        [row["path"] for row in chosen],
-        np.array([CLASSES.index(row["label"]) for row in chosen]),
-        np.array([[float(row[f"p_{c}"]) for c in CLASSES] for row in chosen]),
-        np.array([groups[row["path"]] for row in chosen]),
-        split,
-    )
+    folder = RunFolder(run)
+    table = folder.read_predictions()
+    groups = {row["path"]: int(row["group"]) for row in folder.read_split()}
+    data_dir = folder.read_config().data_dir
+    chosen = np.flatnonzero((table.parts == split) | (split == "all"))
+    if not len(chosen):
+        raise BusiError(f"Run '{folder.path}' has no scans in its {split} split.")
+    paths = [table.paths[row] for row in chosen]
+    try:
+        scan_groups = np.array([groups[path] for path in paths])
+    except KeyError as error:
+        raise BusiError(f"Run '{folder.path}': {error} is in its predictions but not in its split: train it again.") from error
+    return Predictions(data_dir, paths, table.labels[chosen], table.probabilities[chosen], scan_groups, split)
 
 
 def folder_predictions(classifier: Classifier, data_dir: str | os.PathLike, batch_size: int = 16) -> Predictions:
@@ -76,8 +77,8 @@ def folder_predictions(classifier: Classifier, data_dir: str | os.PathLike, batc
     if not index.records:
         raise BusiError(f"No readable scans in '{data_dir}': nothing to evaluate.")
     probabilities = classifier.probabilities(model_inputs(index, classifier.preprocess), batch_size)
-    return Predictions(index.root, [index.relative_path(r) for r in index.records],
-                       np.array([CLASSES.index(label) for label in index.labels]), probabilities, index.groups, "all")
+    return Predictions(index.root, [index.relative_path(r) for r in index.records], class_numbers(index), probabilities,
+                       index.groups, "all")
 
 
 def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -162,7 +163,7 @@ def screening_threshold(run: str | os.PathLike, target: float = SCREENING_SENSIT
     """The threshold chosen on the run's validation scans (calibrated probabilities) to reach
     ``target`` sensitivity there, with the specificity it costs; None when the run holds no
     finished predictions (a bare checkpoint, an unfinished run) or no malignant validation scan."""
-    if not (Path(run) / "predictions.csv").is_file():
+    if not RunFolder(run).has_predictions:
         return None
     validation = run_predictions(run, "val")
     cancers = int((validation.labels == MALIGNANT).sum())
@@ -187,35 +188,6 @@ def _percentile_interval(values: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
-
-
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve via the rank-sum statistic (ties count half); nan unless both
-    classes are present. Equals sklearn's roc_auc_score at a fraction of its cost, which
-    matters inside a thousand bootstrap resamples."""
-    positive = positive.astype(bool)
-    n_positive = int(positive.sum())
-    n_negative = len(positive) - n_positive
-    if not n_positive or not n_negative:
-        return math.nan
-    _, which, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[which]  # 1-based, ties share their mean rank
-    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
-
-
-def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision as sklearn defines it (precision at each distinct threshold, weighted
-    by the recall gained there); nan unless both classes are present."""
-    positive = positive.astype(bool)
-    if not 0 < positive.sum() < len(positive):
-        return math.nan
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, hits = scores[order], positive[order]
-    last_of_each_threshold = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
-    true_positives = np.cumsum(hits)[last_of_each_threshold]
-    precision = true_positives / (last_of_each_threshold + 1)
-    recall_gain = np.diff(np.r_[0, true_positives]) / hits.sum()
-    return float((precision * recall_gain).sum())
 
 
 def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | None = None,
@@ -296,37 +268,53 @@ def write_report_json(path: str | os.PathLike, result: dict) -> None:
     write_atomic(path, report_json(result))
 
 
-def _interval(pair: tuple[float, float]) -> str:
+def format_interval(pair: tuple[float, float]) -> str:
+    """A 95 % interval as the CLI and the app print it; "n/a" where it is undefined (no scans)."""
     low, high = pair
-    return "      n/a    " if math.isnan(low) else f"[{low:.2f}, {high:.2f}]"
+    return "n/a" if low is None or math.isnan(low) else f"{low:.2f}–{high:.2f}"
+
+
+REPORT_COLUMNS = ("class", "precision", "precision 95% CI", "recall", "recall 95% CI", "F1", "F1 95% CI", "support")
+
+
+def report_rows(result: dict) -> list[dict[str, str]]:
+    """The study's classification table with its 95 % intervals as rows of text (``REPORT_COLUMNS``),
+    one per class, then the macro and weighted averages: what the CLI prints and the app shows.
+    A cell with nothing to say (an average's precision interval) is empty."""
+    rows = [{"class": name, "precision": f"{row['precision']:.2f}", "precision 95% CI": format_interval(row["precision_ci"]),
+             "recall": f"{row['recall']:.2f}", "recall 95% CI": format_interval(row["recall_ci"]), "F1": f"{row['f1']:.2f}",
+             "F1 95% CI": format_interval(row["f1_ci"]), "support": str(row["support"])}
+            for name, row in result["per_class"].items()]
+    macro, weighted = result["macro_avg"], result["weighted_avg"]
+    for name, average, f1_interval in (("macro avg", macro, format_interval(macro["f1_ci"])), ("weighted avg", weighted, "")):
+        rows.append(dict.fromkeys(REPORT_COLUMNS, "") | {
+            "class": name, "precision": f"{average['precision']:.2f}", "recall": f"{average['recall']:.2f}",
+            "F1": f"{average['f1']:.2f}", "F1 95% CI": f1_interval, "support": str(result["n"])})
+    return rows
 
 
 def format_report(result: dict) -> str:
     """The study's table with 95 % intervals, then the malignant operating point and AUCs."""
-    lines = [f"{'':12}{'precision':>10} {'95% CI':>13} {'recall':>8} {'95% CI':>13} {'f1':>6} {'95% CI':>13} {'support':>8}"]
-    for name, row in result["per_class"].items():
-        lines.append(f"{name:12}{row['precision']:10.2f} {_interval(row['precision_ci'])} {row['recall']:8.2f} "
-                     f"{_interval(row['recall_ci'])} {row['f1']:6.2f} {_interval(row['f1_ci'])} {row['support']:8d}")
-    macro, weighted = result["macro_avg"], result["weighted_avg"]
-    lines += [
-        "",
-        f"{'accuracy':12}{'':47}{result['accuracy']:6.2f} {_interval(result['accuracy_ci'])} {result['n']:8d}",
-        f"{'macro avg':12}{macro['precision']:10.2f} {'':13} {macro['recall']:8.2f} {'':13} {macro['f1']:6.2f} "
-        f"{_interval(macro['f1_ci'])} {result['n']:8d}",
-        f"{'weighted avg':12}{weighted['precision']:10.2f} {'':13} {weighted['recall']:8.2f} {'':13} {weighted['f1']:6.2f} "
-        f"{'':13} {result['n']:8d}",
-        "",
-        "confusion matrix (rows: true, columns: predicted " + " / ".join(result["classes"]) + ")",
-    ]
+    rows = report_rows(result)
+    widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in REPORT_COLUMNS}
+
+    def line(row: dict[str, str]) -> str:
+        return "  ".join(row[column].ljust(widths[column]) if column == "class" else row[column].rjust(widths[column])
+                         for column in REPORT_COLUMNS).rstrip()
+
+    lines = [line({column: "" if column == "class" else column for column in REPORT_COLUMNS}), *map(line, rows[:-2]), "",
+             *map(line, rows[-2:]),
+             f"accuracy {result['accuracy']:.2f} (95% CI {format_interval(result['accuracy_ci'])}) on {result['n']} scans", "",
+             "confusion matrix (rows: true, columns: predicted " + " / ".join(result["classes"]) + ")"]
     for name, counts in zip(result["classes"], result["malignant"]["confusion_matrix"]):
         lines.append(f"  {name:10}" + "".join(f"{count:6d}" for count in counts))
     point = result["malignant"]
     rule = "most probable class" if point["threshold"] is None else f"p(malignant) >= {point['threshold']:.2f}"
     lines += [
         "",
-        f"malignant ({rule}): sensitivity {point['sensitivity']:.2f} {_interval(point['sensitivity_ci'])}, "
-        f"specificity {point['specificity']:.2f} {_interval(point['specificity_ci'])}",
-        "one-vs-rest AUC: " + ", ".join(f"{name} {curve['auc']:.2f} {_interval(curve['auc_ci'])}"
+        f"malignant ({rule}): sensitivity {point['sensitivity']:.2f} ({format_interval(point['sensitivity_ci'])}), "
+        f"specificity {point['specificity']:.2f} ({format_interval(point['specificity_ci'])})",
+        "one-vs-rest AUC: " + ", ".join(f"{name} {curve['auc']:.2f} ({format_interval(curve['auc_ci'])})"
                                         for name, curve in result["roc"].items()),
         f"expected calibration error: {result['calibration']['ece']:.3f}",
         f"intervals: Wilson for proportions, bootstrap ({result['bootstrap']['samples']} resamples by "

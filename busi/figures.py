@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from busi.train import BatchEnd, EpochEnd
+from busi.events import BatchEnd, EpochEnd
 
 CLASS_COLOURS = {"benign": "#2a9d8f", "malignant": "#d1495b", "normal": "#577590"}
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 40, "r": 20, "t": 40, "b": 40}, "height": 340}

@@ -48,6 +48,35 @@ def summarise(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum statistic (ties count half); nan unless both
+    classes are present. Equals sklearn's roc_auc_score at a fraction of its cost, which
+    matters inside a thousand bootstrap resamples."""
+    positive = positive.astype(bool)
+    n_positive = int(positive.sum())
+    n_negative = len(positive) - n_positive
+    if not n_positive or not n_negative:
+        return math.nan
+    _, which, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[which]  # 1-based, ties share their mean rank
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
+
+
+def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision as sklearn defines it (precision at each distinct threshold, weighted
+    by the recall gained there); nan unless both classes are present."""
+    positive = positive.astype(bool)
+    if not 0 < positive.sum() < len(positive):
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], positive[order]
+    last_of_each_threshold = np.r_[np.flatnonzero(np.diff(sorted_scores)), len(scores) - 1]
+    true_positives = np.cumsum(hits)[last_of_each_threshold]
+    precision = true_positives / (last_of_each_threshold + 1)
+    recall_gain = np.diff(np.r_[0, true_positives]) / hits.sum()
+    return float((precision * recall_gain).sum())
+
+
 def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
     """Expected calibration error of the top-class confidence, with its reliability bins."""
     confidence = probabilities.max(1)

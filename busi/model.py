@@ -20,7 +20,6 @@ from busi.errors import BusiError, ParameterError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRETRAINED_CHOICES = ("none", "imagenet")  # or a path to a local state dict
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busi.config import config_from_dict
+from busi.config import train_config_from_saved
 from busi.data import IMAGE_SUFFIXES
 from busi.errors import BusiError, ImageError, ParameterError
 from busi.explain import GradCam
@@ -34,7 +34,7 @@ from busi.imageio import (
 from busi.metrics import apply_temperature
 from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
-from busi.train import BEST_CHECKPOINT, CHECKPOINT, TrainConfig, load_checkpoint
+from busi.runs import RunFolder, load_checkpoint
 
 # Grey scans with a few coloured calipers stay far below this; photographs and Doppler do not.
 COLOUR_WARNING_FRACTION = 0.05
@@ -74,8 +74,11 @@ def _as_grey(image: ImageInput) -> tuple[np.ndarray, float]:
 class Classifier:
     def __init__(self, state: dict, source: Path, device: str | torch.device = "cpu") -> None:
         self.source = source
-        self.train_config = config_from_dict(TrainConfig, state["train_config"])
-        self.preprocess = config_from_dict(PreprocessConfig, state["preprocess_config"])
+        try:
+            self.train_config = train_config_from_saved(state["train_config"])
+            self.preprocess = PreprocessConfig.from_saved(state["preprocess_config"])
+        except (BusiError, TypeError) as error:
+            raise BusiError(f"'{source}' holds settings this version cannot read ({error}): retrain the run.") from error
         self.classes = tuple(state["classes"])
         self.input_stats = state.get("input_stats", {})
         self.temperature = float(state.get("temperature", 1.0))  # fitted on validation scans when trained
@@ -141,17 +144,13 @@ class Classifier:
 
 
 def checkpoint_of(run: str | os.PathLike) -> Path:
-    """The checkpoint a run folder (or a checkpoint file) is used through: best, else last."""
+    """The checkpoint a run folder (or a checkpoint file) is used through: its model, else its last epoch."""
     path = Path(run)
     if path.is_file():
         return path
     if not path.is_dir():
         raise BusiError(f"'{path}' is neither a run folder nor a checkpoint file.")
-    for name in (BEST_CHECKPOINT, CHECKPOINT):
-        if (path / name).is_file():
-            return path / name
-    raise BusiError(f"Run folder '{path}' has no checkpoint yet ({BEST_CHECKPOINT} or {CHECKPOINT}): "
-                    "train it for at least one epoch, or choose another run.")
+    return RunFolder(path).model_file()
 
 
 def load_classifier(run: str | os.PathLike, device: str | torch.device = "cpu") -> Classifier:

@@ -8,12 +8,13 @@ prediction all run this same code.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from busi.config import config_from_json, config_to_json
+from busi.config import check_choice, config_from_dict, config_from_json, config_to_json
 from busi.errors import ParameterError
 
 MORPHOLOGY_OPERATIONS = ("none", "open", "close")
@@ -34,11 +35,6 @@ def _check_odd_kernel(name: str, size: int, *, allow_off: bool = False) -> None:
     if size < 1 or size % 2 == 0 or size > 99:
         off = " or 0 to turn it off" if allow_off else ""
         raise ParameterError(f"{name} must be an odd number of pixels from 1 to 99{off}, got {size}.")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ParameterError(f"{name} must be one of {', '.join(choices)}, got '{value}'.")
 
 
 def _check_image(image: np.ndarray) -> None:
@@ -142,7 +138,7 @@ def canny_edges(image: np.ndarray, low: int = 50, high: int = 150) -> np.ndarray
 
 def morphology(mask: np.ndarray, operation: str = "close", kernel_size: int = 5, iterations: int = 1) -> np.ndarray:
     """Opening (drops specks) or closing (fills gaps) of a bool mask with an elliptic kernel."""
-    _check_choice("operation", operation, MORPHOLOGY_OPERATIONS)
+    check_choice("operation", operation, MORPHOLOGY_OPERATIONS)
     _check_odd_kernel("kernel_size", kernel_size)
     _check_range("iterations", iterations, 1, 20)
     if mask.dtype != bool or mask.ndim != 2:
@@ -169,7 +165,7 @@ def overlay(
     _check_image(image)
     _check_mask(mask, image.shape)
     _check_range("opacity", opacity, 0.0, 1.0)
-    _check_choice("style", style, OVERLAY_STYLES)
+    check_choice("style", style, OVERLAY_STYLES)
     if len(colour) != 3 or any(not 0 <= channel <= 255 for channel in colour):
         raise ParameterError(f"colour must be three values from 0 to 255, got {colour}.")
     rgb = np.repeat(image[:, :, None], 3, axis=2)
@@ -235,8 +231,9 @@ def grey_view(model_input: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Settings of every step. Defaults follow the study: 224 px, CLAHE, median and Gaussian
-    denoising, Canny edges, mask closing. A kernel size of 0 turns that denoising step off."""
+    """What the model sees, saved with its weights and keying the input cache. Defaults follow
+    the study: 224 px, CLAHE, median and Gaussian denoising. A kernel size of 0 turns that
+    denoising step off; the Canny thresholds shape the edge channel of ``channels="stacked"``."""
 
     size: int = 224
     keep_aspect: bool = False
@@ -248,14 +245,6 @@ class PreprocessConfig:
     gaussian_sigma: float = 0.0
     canny_low: int = 50
     canny_high: int = 150
-    mask_operation: str = "close"
-    mask_kernel: int = 5
-    mask_iterations: int = 1
-    overlay_colour: tuple[int, int, int] = (255, 64, 64)
-    overlay_opacity: float = 0.4
-    overlay_style: str = "contour"
-    crop_margin: float = 0.1
-    flip: bool = False
     channels: str = "grey"
 
     def __post_init__(self) -> None:
@@ -267,13 +256,7 @@ class PreprocessConfig:
         _check_range("gaussian_sigma", self.gaussian_sigma, 0.0, 50.0)
         _check_range("canny_low", self.canny_low, 0, 1000)
         _check_range("canny_high", self.canny_high, self.canny_low, 1000)
-        _check_choice("mask_operation", self.mask_operation, MORPHOLOGY_OPERATIONS)
-        _check_odd_kernel("mask_kernel", self.mask_kernel)
-        _check_range("mask_iterations", self.mask_iterations, 1, 20)
-        _check_range("overlay_opacity", self.overlay_opacity, 0.0, 1.0)
-        _check_choice("overlay_style", self.overlay_style, OVERLAY_STYLES)
-        _check_range("crop_margin", self.crop_margin, 0.0, 2.0)
-        _check_choice("channels", self.channels, INPUT_CHANNELS)
+        check_choice("channels", self.channels, INPUT_CHANNELS)
 
     def to_json(self) -> str:
         return config_to_json(self)
@@ -282,16 +265,50 @@ class PreprocessConfig:
     def from_json(cls, text: str) -> PreprocessConfig:
         return config_from_json(cls, text)
 
+    @classmethod
+    def from_saved(cls, values: dict) -> PreprocessConfig:
+        """From a run or checkpoint of any version: older ones also held the display settings
+        (now ``DisplayConfig``), which never changed what the model saw."""
+        return config_from_dict(cls, {key: value for key, value in values.items() if key not in _DISPLAY_SETTINGS})
+
+
+@dataclass(frozen=True)
+class DisplayConfig:
+    """What the playground only shows: mask morphology, overlays, the lesion crop and the flip
+    preview. None of it reaches the model, so changing it invalidates no cache and no run."""
+
+    mask_operation: str = "close"
+    mask_kernel: int = 5
+    mask_iterations: int = 1
+    overlay_colour: tuple[int, int, int] = (255, 64, 64)
+    overlay_opacity: float = 0.4
+    overlay_style: str = "contour"
+    crop_margin: float = 0.1
+    flip: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("mask_operation", self.mask_operation, MORPHOLOGY_OPERATIONS)
+        _check_odd_kernel("mask_kernel", self.mask_kernel)
+        _check_range("mask_iterations", self.mask_iterations, 1, 20)
+        _check_range("overlay_opacity", self.overlay_opacity, 0.0, 1.0)
+        check_choice("overlay_style", self.overlay_style, OVERLAY_STYLES)
+        _check_range("crop_margin", self.crop_margin, 0.0, 2.0)
+
+
+_DISPLAY_SETTINGS = frozenset(field.name for field in dataclasses.fields(DisplayConfig))
+
 
 class Pipeline:
     """Runs the configured steps in order and hands back every stage by name.
 
     ``model_input`` is the deterministic part a classifier sees (never the mask); ``stages``
-    adds the display stages: edges, mask morphology, overlays, lesion crop and flip.
+    adds the display stages, drawn as ``display`` says: edges, mask morphology, overlays, lesion
+    crop and flip.
     """
 
-    def __init__(self, config: PreprocessConfig = PreprocessConfig()) -> None:
+    def __init__(self, config: PreprocessConfig = PreprocessConfig(), display: DisplayConfig = DisplayConfig()) -> None:
         self.config = config
+        self.display = display
 
     def _denoise_stages(self, scan: np.ndarray) -> dict[str, np.ndarray]:
         c = self.config
@@ -316,19 +333,19 @@ class Pipeline:
     def stages(self, scan: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every stage, in order: grey uint8 images, bool masks/edges, RGB uint8 overlays."""
         _check_image(scan)
-        c = self.config
+        c, d = self.config, self.display
         stages = self._denoise_stages(scan)
         processed = grey_view(stages["model_input"])
         stages["edges"] = canny_edges(processed, c.canny_low, c.canny_high)
-        stages["edge_overlay"] = overlay(processed, stages["edges"], c.overlay_colour, c.overlay_opacity, "fill")
+        stages["edge_overlay"] = overlay(processed, stages["edges"], d.overlay_colour, d.overlay_opacity, "fill")
         if mask is not None:
             _check_mask(mask, scan.shape)
             stages["mask"] = resize(mask, c.size, keep_aspect=c.keep_aspect)
-            stages["mask_morphology"] = morphology(stages["mask"], c.mask_operation, c.mask_kernel, c.mask_iterations)
+            stages["mask_morphology"] = morphology(stages["mask"], d.mask_operation, d.mask_kernel, d.mask_iterations)
             stages["mask_overlay"] = overlay(
-                processed, stages["mask_morphology"], c.overlay_colour, c.overlay_opacity, c.overlay_style
+                processed, stages["mask_morphology"], d.overlay_colour, d.overlay_opacity, d.overlay_style
             )
-            stages["lesion_crop"] = crop_to_lesion(processed, stages["mask_morphology"], c.crop_margin)
-        if c.flip:
+            stages["lesion_crop"] = crop_to_lesion(processed, stages["mask_morphology"], d.crop_margin)
+        if d.flip:
             stages["flipped"] = horizontal_flip(processed)
         return stages

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 
 from busi.cache import default_cache_dir
-from busi.data import CLASSES, DATASET_FOLDER
+from busi.data import CLASSES, DATASET_FOLDER, SYNTHETIC_MARKER
 from busi.errors import ParameterError
 from busi.imageio import encode_png
 
 DEMO_PER_CLASS = 40
 DEMO_SEED = 0
-DEMO_VERSION = 1  # bump when phantoms change so caches regenerate
+DEMO_VERSION = 2  # bump when phantoms or their folder change so caches regenerate
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: tuple[float, float]) -> np.ndarray:
@@ -149,6 +149,8 @@ def write_dataset(out: str | os.PathLike, per_class: int, seed: int = 0, size: t
     if not 0 <= copies <= per_class:
         raise ParameterError(f"copies must be between 0 and per_class ({per_class}), got {copies}.")
     root = Path(out) / DATASET_FOLDER
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SYNTHETIC_MARKER).write_text("Synthetic ultrasound-like phantoms made by busi.synth: not scans of patients.\n")
     for label in CLASSES:
         folder = root / label
         folder.mkdir(parents=True, exist_ok=True)

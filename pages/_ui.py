@@ -11,18 +11,17 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from busi import NOTICE
 from busi.data import DatasetIndex, index_dataset
 from busi.errors import BusiError
 from busi.evaluate import ScreeningThreshold, evaluate_run, screening_threshold
 from busi.imageio import read_scan
-from busi.jobs import default_runs_dir, list_runs
+from busi.jobs import default_runs_dir
 from busi.predict import Classifier, checkpoint_of, load_classifier
 from busi.preprocess import resize
+from busi.runs import PREDICTIONS, RunFolder, RunSummary, list_runs
 from busi.sources import DEMO_SOURCE, data_sources, resolve_data_folder
-from busi.train import BEST_CHECKPOINT, CHECKPOINT
 
-NOTICE = ("**Research demo, not a medical device.** Predictions and heatmaps must never be used "
-          "for diagnosis or to guide patient care.")
 CITATION = ("Dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound "
             "images\", *Data in Brief* 28 (2020) 104863.")
 OTHER_FOLDER = "Another folder…"
@@ -106,13 +105,12 @@ def runs_dir() -> Path:
     return default_runs_dir()
 
 
-def finished_runs():
-    return [run for run in list_runs(runs_dir()) if (run.path / "predictions.csv").is_file()]
+def finished_runs() -> list[RunSummary]:
+    return [run for run in list_runs(runs_dir()) if RunFolder(run.path).has_predictions]
 
 
-def usable_runs():
-    return [run for run in list_runs(runs_dir()) if run.status != "running"
-            and any((run.path / name).is_file() for name in (BEST_CHECKPOINT, CHECKPOINT))]
+def usable_runs() -> list[RunSummary]:
+    return [run for run in list_runs(runs_dir()) if run.state != "running" and RunFolder(run.path).has_model]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -138,7 +136,7 @@ def _screening(run: str, modified: float) -> ScreeningThreshold | None:
 def screening(run: Path) -> ScreeningThreshold | None:
     """The run's screening threshold, read once per version of its predictions rather than on
     every rerun; None, with a warning, when its predictions cannot be read."""
-    predictions = run / "predictions.csv"
+    predictions = run / PREDICTIONS
     try:
         return _screening(str(run), predictions.stat().st_mtime) if predictions.is_file() else None
     except (BusiError, OSError) as error:

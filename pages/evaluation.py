@@ -8,11 +8,20 @@ import streamlit as st
 from busi import figures
 from busi.data import CLASSES, load_mask, load_scan
 from busi.errors import BusiError
-from busi.evaluate import cell_rows, decide, misclassified_malignant, operating_point, report_json
+from busi.evaluate import (
+    cell_rows,
+    decide,
+    format_interval,
+    misclassified_malignant,
+    operating_point,
+    report_json,
+    report_rows,
+)
 from busi.explain import energy_inside, heatmap_overlay
 from busi.metrics import MALIGNANT
 from busi.predict import rows_to_csv
 from busi.preprocess import overlay
+from busi.runs import PREDICTIONS
 from pages import _ui
 
 _ui.sidebar()
@@ -27,7 +36,7 @@ run = runs[[r.name for r in runs].index(st.selectbox("Run", [r.name for r in run
 scope = st.radio("Evaluate on", ["the run's test split", "every scan of the current data folder"], horizontal=True, key="ev_scope")
 data_dir = st.session_state["data_dir"] if scope.startswith("every") else None
 try:
-    predictions, result = _ui.evaluation(str(run), data_dir, (run / "predictions.csv").stat().st_mtime)
+    predictions, result = _ui.evaluation(str(run), data_dir, (run / PREDICTIONS).stat().st_mtime)
 except BusiError as error:
     st.error(str(error))
     st.stop()
@@ -35,26 +44,13 @@ if scope.startswith("every"):
     st.caption("Scans the run trained on are included: this shows behaviour on that folder, not an unbiased accuracy.")
 
 
-def _ci(pair) -> str:
-    low, high = pair
-    return "n/a" if low is None or low != low else f"{low:.2f}–{high:.2f}"
-
-
 st.subheader(f"Classification report ({result['n']} scans, 95 % intervals)")
 metrics = st.columns(3)
-metrics[0].metric(f"Accuracy (95 % CI {_ci(result['accuracy_ci'])})", f"{result['accuracy']:.2f}")
-metrics[1].metric(f"Macro-F1 (95 % CI {_ci(result['macro_avg']['f1_ci'])})", f"{result['macro_avg']['f1']:.2f}")
-metrics[2].metric(f"Malignant recall (95 % CI {_ci(result['per_class']['malignant']['recall_ci'])})",
+metrics[0].metric(f"Accuracy (95 % CI {format_interval(result['accuracy_ci'])})", f"{result['accuracy']:.2f}")
+metrics[1].metric(f"Macro-F1 (95 % CI {format_interval(result['macro_avg']['f1_ci'])})", f"{result['macro_avg']['f1']:.2f}")
+metrics[2].metric(f"Malignant recall (95 % CI {format_interval(result['per_class']['malignant']['recall_ci'])})",
                   f"{result['per_class']['malignant']['recall']:.2f}")
-st.dataframe([{"class": name, "precision": f"{row['precision']:.2f}", "95% CI ": _ci(row["precision_ci"]),
-               "recall": f"{row['recall']:.2f}", "95% CI  ": _ci(row["recall_ci"]), "F1": f"{row['f1']:.2f}",
-               "95% CI": _ci(row["f1_ci"]), "support": row["support"]} for name, row in result["per_class"].items()]
-             + [{"class": "macro avg", "precision": f"{result['macro_avg']['precision']:.2f}", "recall":
-                 f"{result['macro_avg']['recall']:.2f}", "F1": f"{result['macro_avg']['f1']:.2f}",
-                 "95% CI": _ci(result["macro_avg"]["f1_ci"]), "support": result["n"]},
-                {"class": "weighted avg", "precision": f"{result['weighted_avg']['precision']:.2f}", "recall":
-                 f"{result['weighted_avg']['recall']:.2f}", "F1": f"{result['weighted_avg']['f1']:.2f}", "support": result["n"]}],
-             key="ev_report_table", hide_index=True)
+st.dataframe(report_rows(result), key="ev_report_table", hide_index=True)
 st.caption(f"Intervals: Wilson for proportions; bootstrap ({result['bootstrap']['samples']} resamples by "
            f"{result['bootstrap']['unit']}) for F1 and AUC. With about a hundred test scans, ±7 points is normal.")
 
@@ -77,8 +73,8 @@ threshold = threshold if use_threshold else None
 point = operating_point(predictions.labels, predictions.probabilities, threshold)
 predicted = decide(predictions.probabilities, threshold)
 columns = st.columns(2)
-columns[0].metric(f"Sensitivity for malignant (95 % CI {_ci(point['sensitivity_ci'])})", f"{point['sensitivity']:.2f}")
-columns[1].metric(f"Specificity for malignant (95 % CI {_ci(point['specificity_ci'])})", f"{point['specificity']:.2f}")
+columns[0].metric(f"Sensitivity for malignant (95 % CI {format_interval(point['sensitivity_ci'])})", f"{point['sensitivity']:.2f}")
+columns[1].metric(f"Specificity for malignant (95 % CI {format_interval(point['specificity_ci'])})", f"{point['specificity']:.2f}")
 
 left, right = st.columns([1, 1])
 selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",

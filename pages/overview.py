@@ -3,7 +3,7 @@
 import streamlit as st
 
 from busi.data import CLASSES
-from busi.train import describe_device
+from busi.device import describe_device
 from pages import _ui
 
 _ui.sidebar()
@@ -40,7 +40,7 @@ all_runs = _ui.usable_runs()
 st.write(f"{len(all_runs)} trained models in `{_ui.runs_dir()}`, {len(runs)} with a complete evaluation.")
 if all_runs:
     # The epoch whose weights are the model: the best on validation or the final one (the run's `keep`).
-    st.dataframe([{"run": r.name, "status": r.status, "network": r.arch, "epochs": f"{r.epochs_done}/{r.epochs}",
+    st.dataframe([{"run": r.name, "status": r.state, "network": r.arch, "epochs": f"{r.epochs_done}/{r.epochs}",
                    "kept epoch": r.model_epoch, "its validation macro-F1": r.model_val_macro_f1} for r in all_runs],
                  key="overview_runs", hide_index=True)
 

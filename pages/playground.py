@@ -5,15 +5,22 @@ import dataclasses
 import streamlit as st
 
 from busi.config import config_to_dict
-from busi.data import load_mask, load_scan
+from busi.data import UPLOAD_TYPES, load_mask, load_scan
 from busi.errors import BusiError
 from busi.imageio import read_scan
-from busi.preprocess import INPUT_CHANNELS, MORPHOLOGY_OPERATIONS, OVERLAY_STYLES, Pipeline, PreprocessConfig
+from busi.preprocess import (
+    INPUT_CHANNELS,
+    MORPHOLOGY_OPERATIONS,
+    OVERLAY_STYLES,
+    DisplayConfig,
+    Pipeline,
+    PreprocessConfig,
+)
 from pages import _ui
 
 _ui.sidebar()
-STUDY = PreprocessConfig()
-SAVED = "playground_config"  # survives page switches, unlike widget state
+STUDY, DISPLAY = PreprocessConfig(), DisplayConfig()
+SAVED, SAVED_DISPLAY = "playground_config", "playground_display"  # survive page switches, unlike widget state
 CAPTIONS = {
     "original": "original", "resized": "resized", "clahe": "CLAHE", "median": "median filter",
     "gaussian": "Gaussian filter", "model_input": "model input", "edges": "Canny edges", "edge_overlay": "edge overlay",
@@ -30,20 +37,20 @@ def _rgb(text: str) -> tuple[int, int, int]:
     return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
 
 
-def _widget_values(config: PreprocessConfig) -> dict:
-    values = config_to_dict(config)
-    values["overlay_colour"] = _hex(config.overlay_colour)
+def _widget_values(config: PreprocessConfig, display: DisplayConfig) -> dict:
+    values = config_to_dict(config) | config_to_dict(display)
+    values["overlay_colour"] = _hex(display.overlay_colour)
     return {f"pg_{name}": value for name, value in values.items()}
 
 
 def _reset() -> None:
-    st.session_state.update(_widget_values(STUDY))
+    st.session_state.update(_widget_values(STUDY, DISPLAY))
 
 
 st.title("Preprocessing playground")
 st.caption("The model sees the 'model input' stage. Masks, edges, overlays and crops are for display; "
            "a new scan has no mask.")
-for key, value in _widget_values(st.session_state.get(SAVED, STUDY)).items():
+for key, value in _widget_values(st.session_state.get(SAVED, STUDY), st.session_state.get(SAVED_DISPLAY, DISPLAY)).items():
     st.session_state.setdefault(key, value)
 
 index = _ui.dataset()
@@ -60,7 +67,7 @@ if source == "From the dataset":
     if mask is not None and mask.shape != scan.shape:
         mask = None
 else:
-    upload = st.file_uploader("Scan (kept in memory only)", type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], key="pg_upload")
+    upload = st.file_uploader("Scan (kept in memory only)", type=UPLOAD_TYPES, key="pg_upload")
     if upload is None:
         st.info("Choose a PNG, JPEG, BMP or TIFF scan.")
         st.stop()
@@ -95,16 +102,17 @@ with st.sidebar:
              help="grey: the processed scan. stacked: the unprocessed scan (red), the processed scan (green) and "
                   "its Canny edges (blue) as the network's three channels.")
 
-values = {name: st.session_state[f"pg_{name}"] for name in config_to_dict(STUDY)}
-values["overlay_colour"] = _rgb(values["overlay_colour"])
+display_values = {name: st.session_state[f"pg_{name}"] for name in config_to_dict(DISPLAY)}
+display_values["overlay_colour"] = _rgb(display_values["overlay_colour"])
 try:
-    config = dataclasses.replace(STUDY, **values)
+    config = dataclasses.replace(STUDY, **{name: st.session_state[f"pg_{name}"] for name in config_to_dict(STUDY)})
+    display = dataclasses.replace(DISPLAY, **display_values)
 except BusiError as error:
     st.error(f"{error} Adjust the setting in the sidebar.")
     st.stop()
-st.session_state[SAVED] = config
+st.session_state[SAVED], st.session_state[SAVED_DISPLAY] = config, display
 
-stages = Pipeline(config).stages(scan, mask)
+stages = Pipeline(config, display).stages(scan, mask)
 items = list(stages.items())
 for start in range(0, len(items), 4):
     for column, (name, image) in zip(st.columns(4), items[start : start + 4]):

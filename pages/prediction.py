@@ -3,6 +3,7 @@
 import streamlit as st
 
 from busi import figures
+from busi.data import UPLOAD_TYPES
 from busi.errors import BusiError
 from busi.explain import heatmap_overlay
 from busi.jobs import active_run, start_training
@@ -19,9 +20,9 @@ if not runs:
     st.info("There is no trained model yet. Train one on the Training page, or train a quick demo model on the "
             "synthetic data now (under two minutes on a CPU; it knows nothing about real scans).")
     if st.button("Train a quick demo model", type="primary", key="pr_quick_train", disabled=active_run(_ui.runs_dir()) is not None):
-        config, preprocess = RECIPES["quick"]
+        quick = RECIPES["quick"]
         try:
-            start_training(data_sources()[DEMO_SOURCE], config, preprocess, _ui.runs_dir(), name="quick-demo")
+            start_training(data_sources()[DEMO_SOURCE], quick.train, quick.preprocess, _ui.runs_dir(), name="quick-demo")
         except BusiError as error:
             st.error(str(error))
         else:
@@ -42,7 +43,7 @@ if screening:
     st.caption(screening.describe() + " A flag asks for a closer look; it is not a diagnosis.")
 
 uploads = st.file_uploader("Scans (PNG, JPEG, BMP or TIFF; processed in memory, never stored)",
-                           type=["png", "jpg", "jpeg", "bmp", "tif", "tiff"], accept_multiple_files=True, key="pr_uploads")
+                           type=UPLOAD_TYPES, accept_multiple_files=True, key="pr_uploads")
 if not uploads:
     st.info("Upload one or more breast ultrasound scans.")
     st.stop()

@@ -1,31 +1,26 @@
 """Training: a form with the engine's options, a background job, live charts from its events."""
 
 import dataclasses
-import json
 import time
 
 import streamlit as st
 
 from busi import figures
+from busi.config import CLASS_WEIGHTINGS, DEVICES, OPTIMIZERS, SCHEDULES
+from busi.device import describe_device
 from busi.errors import BusiError
-from busi.jobs import active_run, list_runs, start_training, stop_training, summarise_run
+from busi.events import BatchEnd, EpochEnd
+from busi.jobs import active_run, start_training, stop_training
 from busi.model import ARCHITECTURES
 from busi.recipes import RECIPES
-from busi.train import BatchEnd, EpochEnd, describe_device, read_events
+from busi.runs import RunFolder, list_runs
 from pages import _ui
 
 _ui.sidebar()
-RECIPE_NOTES = {
-    "study": "the study's exact recipe: ResNet-50, SGD, StepLR, 10 epochs, batch 8, flips, 224 px",
-    "best": "our CPU recipe: ResNet-18 at 128 px, 90 epochs (about 10 minutes on two CPU cores), AdamW with warm-up "
-            "and cosine decay, class-weighted loss with label smoothing, strong ultrasound augmentation, mixup, lesion "
-            "masks as training-only supervision, the final epoch's weights",
-    "quick": "a demo model for the synthetic phantoms, trained in well under two minutes",
-}
 
 
 def _form_values(name: str) -> dict:
-    config, preprocess = RECIPES[name]
+    config, preprocess = RECIPES[name].train, RECIPES[name].preprocess
     return {"tr_arch": config.arch, "tr_epochs": config.epochs, "tr_batch_size": config.batch_size, "tr_lr": config.lr,
             "tr_optimizer": config.optimizer, "tr_schedule": config.schedule, "tr_class_weighting": config.class_weighting,
             "tr_image_size": preprocess.size}
@@ -41,9 +36,9 @@ st.title("Training")
 runs_dir = _ui.runs_dir()
 running = active_run(runs_dir)
 st.caption(f"Runs are saved in `{runs_dir}`. Device available: {describe_device()}.")
-recipe_name = st.selectbox("Recipe", list(RECIPES), key="tr_recipe", on_change=_apply_recipe,
-                           format_func=lambda name: f"{name}: {RECIPE_NOTES.get(name, '')}")
-recipe_config, recipe_preprocess = RECIPES[recipe_name]
+recipe_name = st.selectbox("Recipe", list(RECIPES), key="tr_recipe", on_change=_apply_recipe)
+st.caption(RECIPES[recipe_name].summary)
+recipe_config, recipe_preprocess = RECIPES[recipe_name].train, RECIPES[recipe_name].preprocess
 preprocess = st.session_state.get("training_preprocess", recipe_preprocess)
 defaults = _form_values(recipe_name) | {"tr_image_size": preprocess.size}
 for key, value in defaults.items():
@@ -64,11 +59,11 @@ with st.form("training_form"):
     epochs = columns[0].number_input("Epochs", 1, 200, key="tr_epochs")
     batch_size = columns[1].number_input("Batch size", 1, 256, key="tr_batch_size")
     lr = columns[2].number_input("Learning rate", 1e-6, 1.0, format="%.5f", key="tr_lr")
-    optimizer = columns[0].selectbox("Optimiser", ["sgd", "adamw"], key="tr_optimizer")
-    schedule = columns[1].selectbox("Schedule", ["step", "cosine"], key="tr_schedule")
-    weighting = columns[2].selectbox("Class weighting", ["none", "loss", "sampler"], key="tr_class_weighting")
+    optimizer = columns[0].selectbox("Optimiser", OPTIMIZERS, key="tr_optimizer")
+    schedule = columns[1].selectbox("Schedule", SCHEDULES, key="tr_schedule")
+    weighting = columns[2].selectbox("Class weighting", CLASS_WEIGHTINGS, key="tr_class_weighting")
     size = columns[0].number_input("Image size (px)", 32, 512, step=16, key="tr_image_size")
-    device = columns[1].selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="tr_device")
+    device = columns[1].selectbox("Device", DEVICES, key="tr_device")
     seed = columns[2].number_input("Seed", 0, 10_000, 0, key="tr_seed")
     source = "the Preprocessing page's settings" if "training_preprocess" in st.session_state else "the recipe's preprocessing"
     st.caption(f"Preprocessing: {source}. Data: `{st.session_state.get('data_dir')}`.")
@@ -79,9 +74,9 @@ if submitted:
         source = {"none": "none", "imagenet": "imagenet", "local file": weights_file.strip()}[pretrained]
         config = dataclasses.replace(recipe_config, arch=arch, pretrained=source, epochs=int(epochs), batch_size=int(batch_size),
                                      lr=float(lr), optimizer=optimizer, schedule=schedule, class_weighting=weighting,
-                                     device=device, seed=int(seed), warmup_epochs=min(recipe_config.warmup_epochs, int(epochs) - 1))
+                                     seed=int(seed), warmup_epochs=min(recipe_config.warmup_epochs, int(epochs) - 1))
         run = start_training(st.session_state["data_dir"], config, dataclasses.replace(preprocess, size=int(size)), runs_dir,
-                             name=f"{recipe_name}-{arch}")
+                             device=device, name=f"{recipe_name}-{arch}")
         st.session_state["training_run"] = str(run)
         running = run
     except BusiError as error:
@@ -104,46 +99,44 @@ followed = runs_dir / followed_name
 
 @st.fragment(run_every=1.0 if running is not None and followed == running else None)
 def follow(run_path) -> None:
-    summary = summarise_run(run_path, running=active_run(runs_dir) == run_path)
-    if summary.status != "running" and st.session_state.get("tr_was_running") == str(run_path):
+    run = RunFolder(run_path)
+    summary = run.summary()
+    if summary.state != "running" and st.session_state.get("tr_was_running") == str(run_path):
         # The job ended: redraw the whole page so the form is enabled again. Before drawing
         # anything here, or this run's outcome would show twice while the page reruns.
         del st.session_state["tr_was_running"]
         time.sleep(0.1)
         st.rerun()
-    events = read_events(run_path)
+    events = run.read_events()
     batches = [e for e in events if isinstance(e, BatchEnd)]
     epochs = [e for e in events if isinstance(e, EpochEnd)]
-    try:
-        device = json.loads((run_path / "environment.json").read_text())
-        device_text = device.get("gpu") or device["device"]
-    except (OSError, ValueError, KeyError):
-        device_text = "starting…"
+    machine = run.read_environment() or {}
+    device_text = machine.get("gpu") or machine.get("device") or "starting…"
     columns = st.columns(4)
-    columns[0].metric("Status", summary.status)
+    columns[0].metric("Status", summary.state)
     columns[1].metric("Epoch", f"{summary.epochs_done}/{summary.epochs}")
     columns[2].metric("Images/s", f"{batches[-1].images_per_s:.1f}" if batches else "–")
     columns[3].metric("Device", device_text)
     if batches and summary.epochs:
         last = batches[-1]
         done = (last.epoch - 1 + last.batch / last.batches) / summary.epochs
-        eta = f", about {epochs[-1].eta_s / 60:.0f} min left" if epochs and summary.status == "running" else ""
+        eta = f", about {epochs[-1].eta_s / 60:.0f} min left" if epochs and summary.state == "running" else ""
         st.progress(min(1.0, done), text=f"epoch {last.epoch}, batch {last.batch}/{last.batches}{eta}")
-    if summary.status == "running" and st.button("Stop training", key="tr_stop"):
+    if summary.state == "running" and st.button("Stop training", key="tr_stop"):
         stop_training(run_path)
         st.toast("Stopping at the next batch; a checkpoint is kept and the run can be resumed.")
-    if summary.status == "failed" or summary.status == "incomplete":
+    if summary.state == "failed" or summary.state == "incomplete":
         st.error(f"The run did not finish: {summary.message}")
-    elif summary.status == "stopped":
+    elif summary.state == "stopped":
         st.warning(f"The run was {summary.message}. Resume it with `python -m busi train --out {run_path} --resume`.")
-    elif summary.status == "done":
+    elif summary.state == "finished":
         st.success(f"Finished: {events[-1].describe()}. See the Evaluation page.")
     loss, quality = figures.epoch_curves(events)
     left, right = st.columns(2)
     left.plotly_chart(loss, key="tr_loss_chart")
     right.plotly_chart(quality, key="tr_quality_chart")
     st.plotly_chart(figures.batch_loss(events), key="tr_batch_chart")
-    if summary.status == "running":
+    if summary.state == "running":
         st.session_state["tr_was_running"] = str(run_path)
 
 

@@ -8,11 +8,13 @@ import pytest
 
 from busi import synth
 from busi.data import CLASSES
+from busi.evaluate import REPORT_COLUMNS, evaluate_run, report_rows
 from busi.figures import cell_from_selection, confusion_matrix
 from busi.jobs import active_run
 from busi.predict import load_classifier
-from busi.train import read_events
-from tests.conftest import open_page, png_bytes, set_validation_predictions, widget
+from busi.recipes import RECIPES
+from busi.runs import RunFolder
+from tests.helpers import open_page, png_bytes, set_validation_predictions, widget
 
 # -- overview --------------------------------------------------------------------------------
 
@@ -40,9 +42,9 @@ def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkey
     assert "Data in Brief" in app.caption[0].value
     runs_table = app.dataframe[0].value
     assert runs_table["run"].tolist() == ["20260101-000000-resnet18"]
-    done = read_events(runs_with_model / "20260101-000000-resnet18")[-1]
+    done = RunFolder(runs_with_model / "20260101-000000-resnet18").read_events()[-1]
     assert (runs_table["kept epoch"].tolist(), runs_table["its validation macro-F1"].tolist()) == \
-        ([done.best_epoch], [done.best_val_macro_f1])
+        ([done.model_epoch], [done.model_val_macro_f1])
 
 
 def test_a_folder_outside_the_allowed_roots_is_refused(monkeypatch, tmp_path, runs):
@@ -129,11 +131,11 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
         time.sleep(0.5)
     app = open_page("training")
     status = {m.label: m.value for m in app.metric}
-    assert status["Status"] == "done" and status["Epoch"] == "1/1"
-    done = read_events(run)[-1]
+    assert status["Status"] == "finished" and status["Epoch"] == "1/1"
+    done = RunFolder(run).read_events()[-1]
     assert done.kind == "done"
-    assert app.success[0].value == f"Finished: the model is epoch {done.best_epoch}'s (validation macro-F1 " \
-        f"{done.best_val_macro_f1:.3f}). See the Evaluation page."
+    assert app.success[0].value == f"Finished: the model is epoch {done.model_epoch}'s (validation macro-F1 " \
+        f"{done.model_val_macro_f1:.3f}). See the Evaluation page."
 
 
 def test_choosing_a_recipe_fills_the_form(runs):
@@ -141,15 +143,16 @@ def test_choosing_a_recipe_fills_the_form(runs):
     assert widget(app, "tr_arch").value == "resnet50" and widget(app, "tr_epochs").value == 10
     widget(app, "tr_recipe").select("best").run()
     assert widget(app, "tr_arch").value == "resnet18" and widget(app, "tr_image_size").value == 128
+    assert any(caption.value == RECIPES["best"].summary for caption in app.caption)
     assert widget(app, "tr_optimizer").value == "adamw" and not app.exception
 
 
 def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monkeypatch):
+    from busi.config import TrainConfig
     from busi.jobs import start_training
     from busi.preprocess import PreprocessConfig
-    from busi.train import TrainConfig
 
-    run = start_training(synthetic_dataset, TrainConfig(arch="resnet18", epochs=30, batch_size=2, device="cpu"),
+    run = start_training(synthetic_dataset, TrainConfig(arch="resnet18", epochs=30, batch_size=2),
                          PreprocessConfig(size=32), runs, threads=1)
     try:
         app = open_page("training")
@@ -168,7 +171,11 @@ def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model)
     app = open_page("evaluation")
     labels = [m.label.split(" (95 % CI")[0] for m in app.metric]
     assert labels[:3] == ["Accuracy", "Macro-F1", "Malignant recall"]
-    assert app.dataframe[0].value["class"].tolist() == [*CLASSES, "macro avg", "weighted avg"]
+    table = app.dataframe[0].value
+    assert table["class"].tolist() == [*CLASSES, "macro avg", "weighted avg"]
+    _, result = evaluate_run(runs_with_model / "20260101-000000-resnet18")  # the CLI's table, row for row
+    assert table.to_dict("records") == report_rows(result) and list(table.columns) == list(REPORT_COLUMNS)
+    assert not table.isin(["None", "nan"]).any().any()
     assert "Click a square" in app.info[0].value
     widget(app, "ev_use_threshold").set_value(True).run()
     widget(app, "ev_threshold").set_value(0.0).run()
@@ -254,10 +261,12 @@ def test_prediction_without_a_readable_screening_threshold_warns_and_still_predi
 
 
 def test_prediction_with_a_stacked_channel_model_shows_the_processed_channel(runs, synthetic_dataset):
+    from busi.config import TrainConfig
+    from busi.events import Done
     from busi.preprocess import PreprocessConfig
-    from busi.train import Done, TrainConfig, train
+    from busi.train import train
 
-    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, device="cpu", seed=1)
+    config = TrainConfig(arch="resnet18", epochs=1, batch_size=4, seed=1)
     events = list(train(synthetic_dataset, runs / "20260101-000000-stacked", config, PreprocessConfig(size=32, channels="stacked")))
     assert isinstance(events[-1], Done)
     app = open_page("prediction")

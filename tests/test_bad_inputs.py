@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -28,11 +27,10 @@ from busi import synth
 from busi.cli import main
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import run_predictions
-from busi.jobs import summarise_run
 from busi.predict import load_classifier
 from busi.preprocess import PreprocessConfig
-from busi.train import load_checkpoint, read_events
-from tests.conftest import open_page, png_bytes, widget
+from busi.runs import RunFolder, load_checkpoint
+from tests.helpers import open_page, png_bytes, widget
 
 GOOD_SCAN = png_bytes(synth.make_phantom("benign", 4, (96, 96))[0])
 
@@ -265,23 +263,21 @@ def test_training_killed_mid_epoch_leaves_a_usable_run(synthetic_dataset, tmp_pa
     run = tmp_path / "run"
     command = [sys.executable, "-m", "busi", "train", "--data", str(synthetic_dataset), "--out", str(run),
                "--arch", "resnet18", "--epochs", "6", "--batch-size", "2", "--image-size", "32", "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        events = read_events(run)
+        events = RunFolder(run).read_events()
         if sum(e.kind == "epoch_end" for e in events) >= 1 and events[-1].kind == "batch_end":
             break
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)  # no chance to clean up: the worst case
     process.wait()
-    events = read_events(run)  # every complete line parses
-    assert events and summarise_run(run).status == "incomplete"
+    events = RunFolder(run).read_events()  # every complete line parses
+    assert events and RunFolder(run).state() == "incomplete"
     state = load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] >= 1
     json.loads((run / "config.json").read_text())
     result = subprocess.run(command[:4] + ["--data", str(synthetic_dataset), "--out", str(run), "--resume"],
-                            capture_output=True, text=True,
-                            env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert read_events(run)[-1].kind == "done"
+    assert RunFolder(run).read_events()[-1].kind == "done"

@@ -13,7 +13,7 @@ from busi.cli import main
 from busi.imageio import read_image, read_scan
 from busi.predict import image_files, load_classifier, predict_files
 from busi.split import read_manifest
-from tests.conftest import png_bytes, set_validation_predictions
+from tests.helpers import png_bytes, set_validation_predictions
 
 
 def run(*args):
@@ -100,7 +100,7 @@ def test_sigint_stops_training_at_a_checkpoint(synthetic_dataset, tmp_path):
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 0
     assert "stopped in epoch" in out
-    from busi.train import load_checkpoint
+    from busi.runs import load_checkpoint
 
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] >= 1
 
@@ -181,3 +181,50 @@ def test_command_errors_are_one_line_without_traceback(tiny_run, synthetic_datas
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_keeps_the_runs_settings_and_says_which_flags_it_ignored(synthetic_dataset, tmp_path, capsys):
+    from busi.config import TrainConfig
+    from busi.events import EpochEnd
+    from busi.preprocess import PreprocessConfig
+    from busi.runs import RunFolder
+    from busi.train import train
+
+    for event in train(synthetic_dataset, tmp_path, TrainConfig(arch="resnet18", epochs=2, batch_size=4), PreprocessConfig(size=32)):
+        if isinstance(event, EpochEnd):
+            (tmp_path / "STOP").touch()
+    assert main(["train", "--data", str(synthetic_dataset), "--out", str(tmp_path), "--resume", "--epochs", "20",
+                 "--lr", "0.5", "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --resume continues with the run's saved settings; ignored: --epochs, --lr" in captured.err
+    assert "--threads" not in captured.err  # how the job runs is not a setting of the run
+    assert [e.epoch for e in RunFolder(tmp_path).read_events() if isinstance(e, EpochEnd)] == [1, 2]
+
+
+def test_train_help_describes_every_recipe(capsys):
+    from busi.recipes import RECIPES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name, recipe in RECIPES.items():
+        assert f"{name}: {recipe.summary}" in help_text
+
+
+def test_the_readme_describes_every_recipe_in_its_own_words():
+    from busi.recipes import RECIPES
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    for name, recipe in RECIPES.items():
+        assert f"`{name}`: {recipe.summary}" in readme, name
+
+
+def test_the_report_table_prints_the_same_rows_the_app_shows(tiny_run, capsys):
+    from busi.evaluate import REPORT_COLUMNS, evaluate_run, report_rows
+
+    assert main(["evaluate", str(tiny_run), "--bootstrap", "50"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    _, result = evaluate_run(tiny_run, samples=50)
+    for row in report_rows(result):
+        line = next(line for line in printed if line.startswith(row["class"] + " "))
+        assert line.split()[len(row["class"].split()):] == [row[column] for column in REPORT_COLUMNS[1:] if row[column]]

@@ -9,7 +9,7 @@ import pytest
 from busi import synth
 from busi.data import find_dataset_root, index_dataset, load_mask, load_scan
 from busi.errors import DatasetError
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 def _phantom(label, seed, size=(64, 80)):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from busi import synth
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 STRACE = shutil.which("strace")
@@ -57,7 +57,7 @@ def server(tmp_path_factory):
         folder.mkdir()
     port = _free_port()
     environment = os.environ | {"BUSI_CACHE": str(folders["cache"]), "BUSI_RUNS": str(folders["runs"]),
-                                "TMPDIR": str(folders["tmp"]), "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+                                "TMPDIR": str(folders["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
     environment.pop("BUSI_DATA", None)
     log = open(base / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),

@@ -4,11 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
-    average_precision,
     calibration,
     cell_rows,
     decide,
@@ -18,12 +16,11 @@ from busi.evaluate import (
     operating_point,
     report,
     report_json,
-    roc_auc,
     run_predictions,
     screening_threshold,
     threshold_for_sensitivity,
 )
-from tests.conftest import set_validation_predictions
+from tests.helpers import set_validation_predictions
 
 # Rows are scans; columns p(benign), p(malignant), p(normal). Argmax gives 0,1,1,1,2,0.
 LABELS = np.array([0, 0, 1, 1, 2, 2])
@@ -73,16 +70,6 @@ def test_cells_and_malignant_errors_list_exactly_those_scans():
     # At 0.7 both malignant scans below it are missed: the less malignant-looking one first.
     assert misclassified_malignant(LABELS, PROBABILITIES, 0.7) == [(3, "false negative")]
     assert misclassified_malignant(LABELS, PROBABILITIES, 0.9) == [(3, "false negative"), (2, "false negative")]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_fast_auc_and_average_precision_equal_sklearn(seed):
-    rng = np.random.default_rng(seed)
-    positive = rng.random(60) < 0.3
-    scores = np.round(rng.random(60) + positive * 0.4, 1)  # rounding makes ties
-    assert roc_auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
-    assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
-    assert np.isnan(roc_auc(np.zeros(5, bool), scores[:5])) and np.isnan(average_precision(np.ones(5, bool), scores[:5]))
 
 
 def test_threshold_for_a_target_sensitivity():

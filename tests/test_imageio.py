@@ -14,7 +14,7 @@ from busi.imageio import (
     to_grey,
     write_atomic,
 )
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, 0..252
 

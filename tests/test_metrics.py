@@ -2,8 +2,18 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from busi.metrics import apply_temperature, calibration, confusion_matrix, fit_temperature, summarise, wilson_interval
+from busi.metrics import (
+    apply_temperature,
+    average_precision,
+    calibration,
+    confusion_matrix,
+    fit_temperature,
+    roc_auc,
+    summarise,
+    wilson_interval,
+)
 
 
 def test_confusion_matrix_rows_are_truth():
@@ -54,3 +64,13 @@ def test_temperature_scaling_is_a_softmax_over_each_rows_classes():
         expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum(1, keepdims=True)
         np.testing.assert_allclose(apply_temperature(logits, temperature), expected, rtol=1e-12)
     assert apply_temperature(logits, 2.0).argmax(1).tolist() == [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fast_auc_and_average_precision_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    positive = rng.random(60) < 0.3
+    scores = np.round(rng.random(60) + positive * 0.4, 1)  # rounding makes ties
+    assert roc_auc(positive, scores) == pytest.approx(roc_auc_score(positive, scores))
+    assert average_precision(positive, scores) == pytest.approx(average_precision_score(positive, scores))
+    assert np.isnan(roc_auc(np.zeros(5, bool), scores[:5])) and np.isnan(average_precision(np.ones(5, bool), scores[:5]))

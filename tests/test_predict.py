@@ -15,8 +15,8 @@ from busi.predict import (
     predict_files,
     rows_to_csv,
 )
-from busi.train import load_checkpoint
-from tests.conftest import first_prediction_row, png_bytes
+from busi.runs import load_checkpoint
+from tests.helpers import first_prediction_row, png_bytes
 
 
 def test_path_bytes_and_array_give_the_training_time_probabilities(tiny_run, synthetic_dataset):

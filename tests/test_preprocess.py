@@ -4,8 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
+from busi.config import config_from_json, config_to_dict, config_to_json
 from busi.errors import ParameterError
 from busi.preprocess import (
+    DisplayConfig,
     Pipeline,
     PreprocessConfig,
     canny_edges,
@@ -144,14 +146,36 @@ def test_bad_parameters_raise_and_say_what_is_allowed(call, message):
 def test_steps_never_modify_their_input():
     image, mask = disc_on_noise()
     before_image, before_mask = image.copy(), mask.copy()
-    Pipeline(PreprocessConfig(flip=True)).stages(image, mask)
+    Pipeline(PreprocessConfig(), DisplayConfig(flip=True)).stages(image, mask)
     assert (image == before_image).all() and (mask == before_mask).all()
 
 
 def test_config_round_trips_through_json():
-    config = PreprocessConfig(size=128, overlay_colour=(0, 255, 0), median_ksize=0)
+    config = PreprocessConfig(size=128, median_ksize=0, channels="stacked")
     assert PreprocessConfig.from_json(config.to_json()) == config
     assert json.loads(config.to_json())["size"] == 128
+    display = DisplayConfig(overlay_colour=(0, 255, 0), mask_kernel=7)
+    assert config_from_json(DisplayConfig, config_to_json(display)) == display
+
+
+def test_what_the_model_sees_is_apart_from_what_the_playground_shows():
+    image, mask = disc_on_noise()
+    plain, coloured = Pipeline(PreprocessConfig(size=64)), Pipeline(PreprocessConfig(size=64), DisplayConfig(
+        overlay_colour=(0, 255, 0), overlay_style="fill", mask_operation="open", crop_margin=0.5))
+    assert (plain.model_input(image) == coloured.model_input(image)).all()
+    assert (plain.stages(image, mask)["mask_overlay"] != coloured.stages(image, mask)["mask_overlay"]).any()
+    # The input cache is keyed on the model's settings alone: display settings are not among them.
+    assert not set(config_to_dict(DisplayConfig())) & set(json.loads(PreprocessConfig().to_json()))
+
+
+def test_settings_saved_by_older_runs_still_load():
+    saved = config_to_dict(PreprocessConfig(size=96)) | {"overlay_colour": [255, 64, 64], "overlay_opacity": 0.4,
+                                                         "overlay_style": "contour", "mask_operation": "close",
+                                                         "mask_kernel": 5, "mask_iterations": 1, "crop_margin": 0.1,
+                                                         "flip": False}
+    assert PreprocessConfig.from_saved(saved) == PreprocessConfig(size=96)
+    with pytest.raises(ParameterError, match="Unknown PreprocessConfig setting"):
+        PreprocessConfig.from_saved({"sharpen": 3})
 
 
 @pytest.mark.parametrize(
@@ -159,13 +183,19 @@ def test_config_round_trips_through_json():
     [
         ({"median_ksize": 2}, "odd number"),
         ({"canny_low": 200, "canny_high": 100}, "canny_high"),
-        ({"mask_operation": "dilate"}, "mask_operation"),
         ({"size": 4}, "size"),
     ],
 )
 def test_invalid_config_is_refused(settings, message):
     with pytest.raises(ParameterError, match=message):
         PreprocessConfig(**settings)
+
+
+@pytest.mark.parametrize("settings, message", [({"mask_operation": "dilate"}, "mask_operation"),
+                                               ({"overlay_opacity": 2.0}, "overlay_opacity")])
+def test_invalid_display_config_is_refused(settings, message):
+    with pytest.raises(ParameterError, match=message):
+        DisplayConfig(**settings)
 
 
 def test_unknown_or_malformed_config_json_is_refused():
@@ -177,7 +207,7 @@ def test_unknown_or_malformed_config_json_is_refused():
 
 def test_pipeline_stages_are_named_and_ordered():
     image, mask = disc_on_noise()
-    stages = Pipeline(PreprocessConfig(size=64, flip=True)).stages(image, mask)
+    stages = Pipeline(PreprocessConfig(size=64), DisplayConfig(flip=True)).stages(image, mask)
     assert list(stages) == [
         "original", "resized", "clahe", "median", "gaussian", "model_input", "edges",
         "edge_overlay", "mask", "mask_morphology", "mask_overlay", "lesion_crop", "flipped",
