@@ -5,7 +5,7 @@
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --tta  # the same models, flip-averaged
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --last  # their final epochs instead
     .venv/bin/python -m bench.accuracy --recipe best --folds 5 --members 2  # ensembles of two per fold
-    .venv/bin/python -m bench.accuracy --recipe best --folds 5 --pre size=160 --set mixup=0  # a variant
+    .venv/bin/python -m bench.accuracy --recipe scratch --folds 5 --pre size=160 --set mixup=0  # a variant
 
 Each fold trains into ``bench/out/accuracy-RECIPE/fold-K`` (a normal run folder; an existing
 finished fold is reused, so an interrupted benchmark resumes) and is scored on its held-out
@@ -106,7 +106,8 @@ def _rescored(run: Path, test: Predictions, validation: Predictions, *, flip: bo
     for part in (test, validation):
         inputs = np.stack([classifier.pipeline.model_input(load_scan(index.record(path))) for path in part.paths])
         views = (inputs, np.ascontiguousarray(inputs[:, :, ::-1])) if flip else (inputs,)
-        logits.append(sum(batched_logits(classifier.model, view, classifier.device, 32).numpy() for view in views) / len(views))
+        logits.append(sum(batched_logits(classifier.model, view, classifier.device, 32, classifier.normalisation).numpy()
+                          for view in views) / len(views))
     temperature = fit_temperature(validation.labels, logits[1])
     test, validation = (dataclasses.replace(part, probabilities=apply_temperature(part_logits, temperature))
                         for part, part_logits in zip((test, validation), logits))

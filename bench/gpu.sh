@@ -8,7 +8,7 @@
 set -u
 out=${OUT:-bench/out/gpu}
 data=${DATA:-.gpu/busi}
-lanes=${LANES:-$'study\nbest'}
+lanes=${LANES:-$'study\nscratch\nbest'}
 threads=${THREADS:-2}
 deadline=$((SECONDS + ${BUDGET_S:-480}))
 export PYTHONUNBUFFERED=1

@@ -1,10 +1,20 @@
-"""A two-phase screen of variants of the best recipe, with its decision rule fixed before it runs.
+"""A screen of variants of a recipe, with its decision rule fixed before it runs.
 
     python3 -m bench.screen --data .gpu/busi --jobs 20 --budget 420 \\
         --variant "--pre size=224" --variant "--set augment=strong --set epochs=90"
+    python3 -m bench.screen --recipe best --rule spread --jobs 2 --budget 86400 --variant "--pre size=288"
 
 Every fold is one ``bench.accuracy`` process on one CPU thread, up to ``--jobs`` side by side
-(meant for a lent GPU machine, where one fold leaves the GPU mostly idle).
+(on a lent GPU machine many, where one fold leaves the GPU mostly idle; on two CPU cores two).
+
+``--rule spread`` (for the CPU, where fifteen folds per variant cost too much): partition 0
+only. A variant is adopted when its mean gain over the recipe in the primary score, the mean of
+accuracy, macro-F1 and malignant recall, exceeds the fold-to-fold spread of that gain (its
+standard deviation over the five paired folds); when it loses no more than 0.02 on average in
+any of accuracy, macro-F1, malignant recall and malignant AUC; and when its folds took at most
+``--max-ratio`` times the recipe's training time. With ``--sequential`` the variants go one at
+a time in the order given, each adopted one joining the recipe the next are measured against,
+until three in a row are not adopted. Otherwise the two-phase rule below decides.
 
 Phase 1: the recipe and each variant on the five folds of partition 0 (seed 0), paired fold by
 fold. A variant qualifies when it gains at least ``--bar`` in accuracy and in macro-F1 without
@@ -30,7 +40,7 @@ from pathlib import Path
 
 from bench.accuracy import COLUMNS, OUT
 
-RECIPE = ()  # the best recipe as it stands: no options
+RECIPE = ()  # the recipe as it stands: no options
 SCORES = tuple(column for column in COLUMNS if column != "ece_before")
 Job = tuple[tuple[str, ...], int, int]  # options, seed (partition), fold
 
@@ -61,7 +71,7 @@ def run_folds(jobs: list[Job], args: argparse.Namespace, deadline: float) -> dic
             job = pending.pop(0)
             options, seed, fold = job
             log = args.logs / _log_name(job)
-            command = [sys.executable, "-m", "bench.accuracy", "--recipe", "best", "--folds", "5", "--only", str(fold),
+            command = [sys.executable, "-m", "bench.accuracy", "--recipe", args.recipe, "--folds", "5", "--only", str(fold),
                        "--threads", "1", "--seed", str(seed), "--data", str(args.data), *options, *shlex.split(args.common)]
             with log.open("w") as out:
                 running[job] = (subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
@@ -84,11 +94,12 @@ def run_folds(jobs: list[Job], args: argparse.Namespace, deadline: float) -> dic
     return rows
 
 
-def paired(rows: dict[Job, dict[str, float]], variant: tuple[str, ...], seeds: tuple[int, ...]) -> dict[str, list[float]]:
-    """Per score, the variant's gain over the recipe on each fold both finished."""
+def paired(rows: dict[Job, dict[str, float]], variant: tuple[str, ...], seeds: tuple[int, ...],
+           base: tuple[str, ...] = RECIPE) -> dict[str, list[float]]:
+    """Per score, the variant's gain over ``base`` (the recipe) on each fold both finished."""
     common = [(seed, fold) for seed in seeds for fold in range(5)
-              if (RECIPE, seed, fold) in rows and (variant, seed, fold) in rows]
-    return {score: [rows[(variant, *key)][score] - rows[(RECIPE, *key)][score] for key in common] for score in SCORES}
+              if (base, seed, fold) in rows and (variant, seed, fold) in rows]
+    return {score: [rows[(variant, *key)][score] - rows[(base, *key)][score] for key in common] for score in SCORES}
 
 
 def describe(rows: dict[Job, dict[str, float]], options: tuple[str, ...], seeds: tuple[int, ...]) -> str:
@@ -138,22 +149,82 @@ def adopted(fresh: dict[str, list[float]], qualified: bool, confirm: float) -> b
             and mean_gain(fresh, "malignant_auc") > 0 and mean_gain(fresh, "malignant_recall") >= -0.01)
 
 
+PRIMARY = ("accuracy", "macro_f1", "malignant_recall")
+GUARDED = (*PRIMARY, "malignant_auc")
+MAX_LOSS = 0.02
+
+
+def primary_gains(gains: dict[str, list[float]]) -> list[float]:
+    """Per paired fold, the gain in the mean of accuracy, macro-F1 and malignant recall."""
+    return [statistics.mean(fold) for fold in zip(*(gains[score] for score in PRIMARY))]
+
+
+def adopted_by_spread(gains: dict[str, list[float]], minutes_ratio: float, max_ratio: float) -> tuple[bool, str]:
+    """The spread rule (see the module docstring) on partition 0's five paired folds, and why."""
+    primary = primary_gains(gains)
+    if len(primary) != 5:
+        return False, f"only {len(primary)} of 5 folds paired"
+    mean, spread = statistics.mean(primary), statistics.stdev(primary)
+    losses = [score for score in GUARDED if mean_gain(gains, score) < -MAX_LOSS]
+    reasons = [f"primary gain {mean:+.3f} vs spread {spread:.3f}"] + [f"{score} {mean_gain(gains, score):+.3f}" for score in losses] \
+        + ([f"time {minutes_ratio:.2f}x the recipe's"] if minutes_ratio > max_ratio else [])
+    return mean > spread and mean > 0 and not losses and minutes_ratio <= max_ratio, "; ".join(reasons)
+
+
+def _minutes(rows: dict[Job, dict[str, float]], options: tuple[str, ...]) -> float:
+    values = [row["minutes"] for (o, seed, _), row in rows.items() if o == options and seed == 0]
+    return statistics.mean(values) if values else float("nan")
+
+
+def screen_in_sequence(variants: list[tuple[str, ...]], args: argparse.Namespace, deadline: float) -> tuple[str, ...]:
+    """The spread rule one variant at a time, in the order given: an adopted variant joins the
+    recipe that the next ones are measured against; three successive misses end the screen.
+    Returns the options the recipe gained."""
+    carried, misses = RECIPE, 0
+    for options in variants:
+        candidate = carried + options
+        rows = run_folds([(lane, 0, fold) for lane in (candidate, carried) for fold in range(5)], args, deadline)
+        gains = paired(rows, candidate, (0,), carried)
+        decision, why = adopted_by_spread(gains, _minutes(rows, candidate) / _minutes(rows, carried), args.max_ratio)
+        print(describe(rows, carried, (0,)))
+        print(describe(rows, candidate, (0,)))
+        print("  gain:", describe_gain(gains))
+        print(f"{shlex.join(options)} on top of {shlex.join(carried) or 'the recipe'}: "
+              f"{'adopt' if decision else 'keep the recipe'} ({why})", flush=True)
+        carried, misses = (candidate, 0) if decision else (carried, misses + 1)
+        if misses == 3:
+            print("three successive variants were not adopted: the screen stops")
+            break
+    print(f"the recipe now: {shlex.join(carried) or 'as it was'}")
+    return carried
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, help="bench.accuracy options, quoted as one argument")
     parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--recipe", default="scratch", help="the recipe the variants are measured against")
+    parser.add_argument("--rule", choices=("two-phase", "spread"), default="two-phase")
+    parser.add_argument("--max-ratio", type=float, default=2.5, help="spread rule: a variant's time over the recipe's, at most")
+    parser.add_argument("--sequential", action="store_true",
+                        help="spread rule: one variant at a time, adopted ones carried into the recipe, three misses stop")
     parser.add_argument("--common", default="", help="options for every lane, the recipe's too (a quick trial of the screen)")
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--budget", type=float, default=420, help="seconds for both phases")
     parser.add_argument("--bar", type=float, default=0.03)
     parser.add_argument("--confirm", type=float, default=0.015)
-    parser.add_argument("--logs", type=Path, default=OUT / "screen")
+    parser.add_argument("--logs", type=Path, default=OUT / "screen", help="one log per fold and variant")
     parser.add_argument("--phases", type=int, choices=(1, 2), default=2,
                         help="1: partition 0 only, when the machine's time cannot hold phase 2's twenty models")
     args = parser.parse_args()
     args.logs.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     variants = [tuple(shlex.split(variant)) for variant in args.variant]
+    if args.sequential:
+        if args.rule != "spread":
+            parser.error("--sequential goes with --rule spread")
+        screen_in_sequence(variants, args, deadline)
+        return
 
     rows = run_folds([(options, 0, fold) for options in (*variants, RECIPE) for fold in range(5)], args, deadline)
     print("phase 1, partition 0")
@@ -163,6 +234,11 @@ def main() -> None:
         gains[options] = paired(rows, options, (0,))
         print(describe(rows, options, (0,)))
         print("  gain:", describe_gain(gains[options]))
+    if args.rule == "spread":
+        for options in variants:
+            decision, why = adopted_by_spread(gains[options], _minutes(rows, options) / _minutes(rows, RECIPE), args.max_ratio)
+            print(f"{shlex.join(options)}: {'adopt' if decision else 'keep the recipe'} ({why})")
+        return
     chosen, qualified = pick(gains, args.bar)
     if args.phases == 1:
         print(f"phase 1 picks: {shlex.join(chosen) if chosen else 'no variant'} ({'qualified' if qualified else 'not qualified'})")

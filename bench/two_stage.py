@@ -5,7 +5,7 @@ with its context.
 
 Stage 1, a localiser (the ResNet-18 trunk with a small feature-pyramid decoder), learns the
 lesion masks of the training scans and then maps every scan from the scan alone. Stage 2, the
-best recipe's classifier, is trained and scored on square crops around the most lesion-like
+from-scratch recipe's classifier, is trained and scored on square crops around the most lesion-like
 region of each map, with as much context again on every side, cut from the 256 px processed
 scan and scaled to the recipe's 128 px. Every scan is cropped by that one rule from its
 predicted map, training scans and normal scans included, never from its ground-truth mask: a
@@ -14,7 +14,7 @@ new scan has no mask, and a crop placed by the mask would tell the classifier th
 Each fold keeps its lesion maps and the crop model's logits in
 ``bench/out/two-stage-seed0/5fold/fold-K`` (a finished fold is reused). The tables score the
 crop model alone, and the average of its calibrated probabilities with those of the whole-scan
-best model of the same fold (``bench.accuracy --recipe best``, which must have run first).
+from-scratch model of the same fold (``bench.accuracy --recipe scratch``, which must have run first).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def train_localiser(images: np.ndarray, masks: np.ndarray, rows: np.ndarray, rng
                     device: torch.device) -> Localiser:
     """Trained on ``rows`` (scans with a known mask; normal scans' masks are empty), with the
     recipe's ultrasound augmentation moving scans and masks alike."""
-    config = dataclasses.replace(recipe("best").train, **LOCALISER)
+    config = dataclasses.replace(recipe("scratch").train, **LOCALISER)
     model = Localiser().to(device)
     optimiser, schedule = build_optimiser(model, config)
     for _ in range(config.epochs):
@@ -139,12 +139,12 @@ def cut(image: np.ndarray, box: tuple[float, float, float], size: int, interpola
 
 def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarray, labels: np.ndarray, parts: np.ndarray,
                           rng: np.random.Generator, device: torch.device) -> np.ndarray:
-    """The best recipe's training on the crops, the epoch chosen on the validation crops' macro-F1
+    """The from-scratch recipe's training on the crops, the epoch chosen on the validation crops' macro-F1
     as the engine does with keep=best (the setting it was measured with); logits (N, C) of every crop with the chosen weights."""
-    best = recipe("best")
-    config = dataclasses.replace(best.train, keep="best")
+    scratch = recipe("scratch")
+    config = dataclasses.replace(scratch.train, keep="best")
     train_rows, val_rows = np.flatnonzero(parts == "train"), np.flatnonzero(parts == "val")
-    state = new_training_state(config, device, class_weight=class_weights(labels[train_rows]), size=best.preprocess.size)
+    state = new_training_state(config, device, class_weight=class_weights(labels[train_rows]), size=scratch.preprocess.size)
     batches = TrainingBatches(crops, labels, train_rows, config.batch_size, rng=rng, device=device, to_tensor=to_model_tensor,
                               augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, masks=masks, mask_known=known)
     kept = None
@@ -153,7 +153,7 @@ def train_crop_classifier(crops: np.ndarray, masks: np.ndarray, known: np.ndarra
             kept = copy.deepcopy(state.model.state_dict())
     state.head.remove()
     state.model.load_state_dict(kept)
-    return batched_logits(state.model, crops, device, config.batch_size).numpy()
+    return batched_logits(state.model, crops, device, config.batch_size, state.normalisation).numpy()
 
 
 def _run_fold(index: DatasetIndex, fold: int, folds: int, seed: int, out: Path) -> dict:
@@ -164,7 +164,7 @@ def _run_fold(index: DatasetIndex, fold: int, folds: int, seed: int, out: Path) 
     torch.manual_seed(seed)
     rng = np.random.default_rng((seed, fold))
     device = torch.device("cpu")
-    size = recipe("best").preprocess.size
+    size = recipe("scratch").preprocess.size
     small, large = PreprocessConfig(size=size), PreprocessConfig(size=SOURCE_SIZE)
     images, masks = model_inputs(index, small), lesion_masks(index, small)
     labels = class_numbers(index)
@@ -211,15 +211,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     folds = [int(f) for f in args.only.split(",")] if args.only else range(args.folds)
     out = OUT / f"two-stage-seed{args.seed}" / f"{args.folds}fold"
-    whole = results_folder("best", [], args.seed, args.folds)
+    whole = results_folder("scratch", [], args.seed, args.folds)
     index = index_dataset(args.data)
-    masks = lesion_masks(index, PreprocessConfig(size=recipe("best").preprocess.size))
+    masks = lesion_masks(index, PreprocessConfig(size=recipe("scratch").preprocess.size))
     lesion = masks_known(index) & (np.array(index.labels) != "normal")
     position = {index.relative_path(record): row for row, record in enumerate(index.records)}
     missing = [fold for fold in folds if not RunFolder(whole / f"fold-{fold}").has_predictions]
     if missing:  # checked first: each fold here trains for about ten minutes before it needs them
         raise SystemExit(f"The whole-scan models of fold(s) {', '.join(map(str, missing))} are missing from {whole}: run "
-                         f".venv/bin/python -m bench.accuracy --recipe best --folds {args.folds} --seed {args.seed} first.")
+                         f".venv/bin/python -m bench.accuracy --recipe scratch --folds {args.folds} --seed {args.seed} first.")
     crop_only, combined, located = [], [], []
     for fold in folds:
         result = _run_fold(index, fold, args.folds, args.seed, out / f"fold-{fold}")
@@ -246,7 +246,7 @@ def main() -> None:
         print("  " + json.dumps(row))
     print("\ncrop model alone (minutes: localiser and crop classifier together)")
     print_table(crop_only)
-    print("\nwhole-scan best model and crop model, calibrated probabilities averaged (ece_before: the crop model's; "
+    print("\nwhole-scan from-scratch model and crop model, calibrated probabilities averaged (ece_before: the crop model's; "
           "minutes: without the whole-scan model's ≈ 6)")
     print_table(combined)
 

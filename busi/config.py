@@ -51,6 +51,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: str = "flip"  # one of AUGMENTATIONS, drawn afresh for every batch
     warmup_epochs: int = 0  # linear warm-up before the cosine schedule
+    # Fine-tuning pretrained weights: the body's learning rate as a share of the head's, and how many
+    # first epochs train the new head alone (the body frozen) before everything trains.
+    backbone_lr: float = 1.0
+    freeze_epochs: int = 0
     mask_weight: float = 0.0  # weight of the auxiliary lesion-map loss (masks as training-only supervision)
     mask_scales: int = 1  # lesion maps from the last stage (1) and from one or two earlier, finer stages (2, 3)
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, evaluated and saved; 0 = off
@@ -81,6 +85,10 @@ class TrainConfig:
             check_choice(name, getattr(self, name), allowed)
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ParameterError(f"warmup_epochs must be between 0 and epochs - 1, got {self.warmup_epochs}.")
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ParameterError(f"freeze_epochs must be between 0 and epochs - 1, got {self.freeze_epochs}.")
+        if not 0 < self.backbone_lr <= 1:
+            raise ParameterError(f"backbone_lr is the body's share of the learning rate, in (0, 1]; got {self.backbone_lr}.")
         if self.folds == 1 or self.folds < 0:
             raise ParameterError(f"folds must be 0 (single split) or at least 2, got {self.folds}.")
         if self.folds and not 0 <= self.fold < self.folds:

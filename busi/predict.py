@@ -32,7 +32,7 @@ from busi.imageio import (
     write_atomic,
 )
 from busi.metrics import apply_temperature
-from busi.model import batched_logits, build_model, last_conv_stage, to_model_tensor
+from busi.model import IMAGENET, Normalisation, batched_logits, build_model, last_conv_stage, to_model_tensor
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
 from busi.runs import RunFolder, load_checkpoint
 
@@ -82,6 +82,7 @@ class Classifier:
         self.classes = tuple(state["classes"])
         self.input_stats = state.get("input_stats", {})
         self.temperature = float(state.get("temperature", 1.0))  # fitted on validation scans when trained
+        self.normalisation = Normalisation.from_dict(state["normalisation"]) if "normalisation" in state else IMAGENET
         self.device = torch.device(device)
         self.pipeline = Pipeline(self.preprocess)
         model = build_model(self.train_config.arch, len(self.classes))
@@ -124,7 +125,7 @@ class Classifier:
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """float (N, C) for ready uint8 model inputs (N, size, size[, 3])."""
         with self._lock:
-            logits = batched_logits(self.model, inputs, self.device, batch_size)
+            logits = batched_logits(self.model, inputs, self.device, batch_size, self.normalisation)
         return torch.softmax(logits / self.temperature, 1).numpy()
 
     def explain(self, image: ImageInput, class_name: str | None = None) -> Explanation:
@@ -133,7 +134,7 @@ class Classifier:
             raise ParameterError(f"class_name must be one of {', '.join(self.classes)}, got '{class_name}'.")
         grey, _ = _as_grey(image)
         model_input = self.pipeline.model_input(grey)
-        x = to_model_tensor(torch.from_numpy(model_input[None]).to(self.device))
+        x = to_model_tensor(torch.from_numpy(model_input[None]).to(self.device), self.normalisation)
         layer = last_conv_stage(self.model, self.train_config.arch)
         with self._lock, GradCam(self.model, layer) as cam:
             heat, logits = cam(x, None if class_name is None else self.classes.index(class_name))

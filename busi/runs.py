@@ -58,10 +58,12 @@ PREDICTION_COLUMNS = ("path", "split", "label", *(f"p_{c}" for c in CLASSES))
 _MODEL_KEYS = frozenset({"model", "train_config", "preprocess_config", "classes"})
 
 
-def model_record(weights: dict, config: TrainConfig, preprocess: PreprocessConfig, input_stats: dict[str, float]) -> dict:
-    """The checkpoint dict of a model: what prediction needs and nothing it would have to guess."""
+def model_record(weights: dict, config: TrainConfig, preprocess: PreprocessConfig, input_stats: dict[str, float],
+                 normalisation: dict[str, list[float]]) -> dict:
+    """The checkpoint dict of a model: what prediction needs and nothing it would have to guess
+    (checkpoints written before ``normalisation`` was saved used the ImageNet statistics)."""
     return {"model": weights, "train_config": config_to_dict(config), "preprocess_config": config_to_dict(preprocess),
-            "classes": list(CLASSES), "input_stats": input_stats}
+            "classes": list(CLASSES), "input_stats": input_stats, "normalisation": normalisation}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -29,7 +29,7 @@ from busi.errors import BusiError, ParameterError
 from busi.events import BatchEnd, Done, EpochEnd, Event, Failed, Started, Stopped
 from busi.lesion import LesionHead, attach_lesion_head
 from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
-from busi.model import batched_logits, build_model, to_model_tensor
+from busi.model import IMAGENET, Normalisation, backbone, batched_logits, build_model, to_model_tensor
 from busi.preprocess import PreprocessConfig
 from busi.runs import Provenance, RunFolder, model_record
 from busi.split import PARTS, cross_validation_split, three_way_split
@@ -44,10 +44,21 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def body_parameters(model: nn.Module, arch: str) -> list[nn.Parameter]:
+    """The parameters of ``model`` outside its classification head."""
+    head = {id(parameter) for parameter in model.get_submodule(backbone(arch).head).parameters()}
+    return [parameter for parameter in model.parameters() if id(parameter) not in head]
+
+
 def build_optimiser(model: nn.Module, config: TrainConfig, head: nn.Module | None = None,
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The optimiser and per-epoch schedule ``config`` names, over the model's and the head's parameters."""
-    parameters = [*model.parameters(), *(head.parameters() if head else ())]
+    """The optimiser and per-epoch schedule ``config`` names, over the model's and the lesion head's
+    parameters; the body learns at ``config.backbone_lr`` of the rate."""
+    parameters: list = [*model.parameters(), *(head.parameters() if head else ())]
+    if config.backbone_lr != 1.0:
+        body = {id(parameter) for parameter in body_parameters(model, config.arch)}
+        parameters = [{"params": [p for p in parameters if id(p) not in body]},
+                      {"params": [p for p in parameters if id(p) in body], "lr": config.lr * config.backbone_lr}]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(parameters, config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
@@ -95,20 +106,21 @@ def train_one_epoch(model: nn.Module, batches: TrainingBatches | Sequence[Batch]
 
 
 def evaluate(model: nn.Module, criterion: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device,
-             batch_size: int) -> tuple[float, np.ndarray]:
+             batch_size: int, normalisation: Normalisation = IMAGENET) -> tuple[float, np.ndarray]:
     """Mean loss and softmax probabilities (N, C) of ready model inputs."""
     if not len(images):
         return math.nan, np.zeros((0, len(CLASSES)), dtype=np.float32)
-    logits = batched_logits(model, images, device, batch_size)
+    logits = batched_logits(model, images, device, batch_size, normalisation)
     loss = criterion(logits.to(device), torch.from_numpy(labels).to(device)).item()
     return loss, torch.softmax(logits, 1).numpy()
 
 
-def recompute_batch_norm(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int) -> None:
+def recompute_batch_norm(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
+                         normalisation: Normalisation = IMAGENET) -> None:
     """Replace the BatchNorm running statistics of ``model`` by their average over ``images``
     (uint8 model inputs), the "precise BN" of Wu & Johnson (2021)."""
-    update_bn((to_model_tensor(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device))
-               for start in range(0, len(images), batch_size)), model)
+    update_bn((to_model_tensor(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device),
+                               normalisation) for start in range(0, len(images), batch_size)), model)
 
 
 @dataclass
@@ -119,11 +131,16 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: nn.Module
+    normalisation: Normalisation  # of the backbone's inputs, as its pretrained weights expect
     head: LesionHead | None = None
     averaged: AveragedModel | None = None
     epoch: int = 0  # the last finished epoch
     model_epoch: int = 0  # the epoch whose weights are the model, and their validation macro-F1
     model_val_macro_f1: float = -1.0
+
+    def to_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 scans -> the model's normalised input."""
+        return to_model_tensor(images, self.normalisation)
 
     @property
     def scored(self) -> nn.Module:
@@ -148,17 +165,18 @@ class TrainingState:
 
 
 def new_training_state(config: TrainConfig, device: torch.device, *, class_weight: torch.Tensor | None = None,
-                       size: int) -> TrainingState:
-    """The model ``config`` names with its optimiser, schedule, loss, lesion head (``size``: the
-    input side) and weight average, before any step. Seed torch first for a reproducible start."""
-    model = build_model(config.arch, len(CLASSES), config.pretrained).to(device)
+                       size: int, model: nn.Module | None = None) -> TrainingState:
+    """The model ``config`` names (or ``model``, built from it already) with its optimiser,
+    schedule, loss, lesion head (``size``: the input side) and weight average, before any step.
+    Seed torch first for a reproducible start."""
+    model = (model or build_model(config.arch, len(CLASSES), config.pretrained)).to(device)
     # Copied before the lesion head hooks the model, so the copy carries no hook.
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     criterion = nn.CrossEntropyLoss(weight=None if class_weight is None else class_weight.to(device),
                                     label_smoothing=config.label_smoothing)
     head = attach_lesion_head(model, config.arch, size, device, config.mask_scales) if config.mask_weight else None
     optimizer, scheduler = build_optimiser(model, config, head)
-    return TrainingState(model, optimizer, scheduler, criterion, head, averaged)
+    return TrainingState(model, optimizer, scheduler, criterion, backbone(config.arch).normalisation, head, averaged)
 
 
 def fit(state: TrainingState, batches: TrainingBatches, validation: tuple[np.ndarray, np.ndarray], config: TrainConfig,
@@ -169,7 +187,10 @@ def fit(state: TrainingState, batches: TrainingBatches, validation: tuple[np.nda
     ``stop_requested()`` turns true it yields ``Stopped`` after the current batch and ends, with
     ``state.epoch`` still the last finished epoch. The caller saves what it wants to keep."""
     started, first = time.perf_counter(), state.epoch + 1
+    body = body_parameters(state.model, config.arch) if config.freeze_epochs else []
     for epoch in range(first, config.epochs + 1):
+        for parameter in body:  # the new head learns alone first, so its random start does not unsettle the body
+            parameter.requires_grad_(epoch > config.freeze_epochs)
         epoch_loss = 0.0
         for event in train_one_epoch(state.model, batches, state.optimizer, criterion=state.criterion, epoch=epoch,
                                      lesion_head=state.head, lesion_weight=config.mask_weight, averaged=state.averaged):
@@ -181,8 +202,9 @@ def fit(state: TrainingState, batches: TrainingBatches, validation: tuple[np.nda
         lr = state.optimizer.param_groups[0]["lr"]
         state.scheduler.step()
         if config.precise_bn:
-            recompute_batch_norm(state.scored, batches.images[batches.rows], device, config.batch_size)
-        val_loss, probabilities = evaluate(state.scored, state.criterion, *validation, device, config.batch_size)
+            recompute_batch_norm(state.scored, batches.images[batches.rows], device, config.batch_size, state.normalisation)
+        val_loss, probabilities = evaluate(state.scored, state.criterion, *validation, device, config.batch_size,
+                                           state.normalisation)
         summary = summarise(validation[1], probabilities.argmax(1))
         kept = summary["macro_f1"] > state.model_val_macro_f1 if config.keep == "best" else epoch == config.epochs
         state.epoch = epoch
@@ -224,6 +246,8 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     if job.threads:
         torch.set_num_threads(job.threads)
     device = resolve_device(job.device)
+    # Built before any data is read, so that a wrong architecture or weights source fails at once.
+    model = build_model(config.arch, len(CLASSES), config.pretrained)
     index = index_dataset(data_dir)
     if not index.records:
         raise BusiError(f"No readable scans in '{data_dir}': nothing to train on.")
@@ -242,7 +266,7 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     run.write_split(index, parts)
     run.write_environment(environment(device))
 
-    state = new_training_state(config, device, size=preprocess.size,
+    state = new_training_state(config, device, size=preprocess.size, model=model,
                                class_weight=class_weights(labels[train_rows]) if config.class_weighting == "loss" else None)
     if checkpoint:
         state.load_state_dict(checkpoint)
@@ -251,13 +275,15 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
         per_class = class_weights(labels[train_rows]).numpy()[labels[train_rows]]
         sample_weights = per_class / per_class.sum()
     masks = lesion_masks(index, preprocess) if config.mask_weight else None
-    batches = TrainingBatches(images, labels, train_rows, config.batch_size, rng=rng, device=device, to_tensor=to_model_tensor,
+    batches = TrainingBatches(images, labels, train_rows, config.batch_size, rng=rng, device=device, to_tensor=state.to_tensor,
                               augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, masks=masks,
                               mask_known=masks_known(index) if config.mask_weight else None, sample_weights=sample_weights)
 
+    def record(model: nn.Module) -> dict:
+        return model_record(model.state_dict(), config, preprocess, stats, state.normalisation.to_dict())
+
     def save(epoch: int) -> None:
-        run.save_checkpoint(model_record(state.model.state_dict(), config, preprocess, stats)
-                            | state.state_dict() | {"epoch": epoch})
+        run.save_checkpoint(record(state.model) | state.state_dict() | {"epoch": epoch})
 
     for event in fit(state, batches, (images[val_rows], labels[val_rows]), config, device, stop_requested=run.stop_requested):
         if isinstance(event, Stopped):
@@ -265,22 +291,22 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
             run.clear_stop()
         elif isinstance(event, EpochEnd):
             if event.kept:
-                run.save_model(model_record(state.scored.state_dict(), config, preprocess, stats))
+                run.save_model(record(state.scored))
             save(state.epoch)
         elif isinstance(event, Done):
-            _write_predictions(run, state.model, images, labels, parts, [index.relative_path(r) for r in index.records],
+            _write_predictions(run, state, images, labels, parts, [index.relative_path(r) for r in index.records],
                                device, config.batch_size)
         yield emit(event)
 
 
-def _write_predictions(run: RunFolder, model: nn.Module, images: np.ndarray, labels: np.ndarray, parts: np.ndarray,
+def _write_predictions(run: RunFolder, training: TrainingState, images: np.ndarray, labels: np.ndarray, parts: np.ndarray,
                        paths: list[str], device: torch.device, batch_size: int) -> None:
     """With the kept model: temperature scaling fitted on the validation scans (saved with the
     weights), then predictions.csv (per scan: part, true class, calibrated probabilities) and
     metrics.json (with the calibration error before and after scaling)."""
     state = run.load_model()
-    model.load_state_dict(state["model"])
-    logits = batched_logits(model, images, device, batch_size).numpy()
+    training.model.load_state_dict(state["model"])
+    logits = batched_logits(training.model, images, device, batch_size, training.normalisation).numpy()
     validation = parts == "val"
     temperature = fit_temperature(labels[validation], logits[validation])
     run.save_model(state | {"temperature": temperature})

@@ -8,22 +8,26 @@ import streamlit as st
 from busi import figures
 from busi.config import CLASS_WEIGHTINGS, DEVICES, OPTIMIZERS, SCHEDULES
 from busi.device import describe_device
+from busi.data import is_synthetic
 from busi.errors import BusiError
 from busi.events import BatchEnd, EpochEnd
 from busi.jobs import active_run, start_training, stop_training
-from busi.model import ARCHITECTURES
-from busi.recipes import RECIPES
+from busi.model import BACKBONES
+from busi.recipes import RECIPES, recipe_names
 from busi.runs import RunFolder, list_runs
 from pages import _ui
 
 _ui.sidebar()
 
 
+WEIGHTS = {"none": "none", "imagenet": "imagenet"}  # anything else names a local file
+
+
 def _form_values(name: str) -> dict:
     config, preprocess = RECIPES[name].train, RECIPES[name].preprocess
     return {"tr_arch": config.arch, "tr_epochs": config.epochs, "tr_batch_size": config.batch_size, "tr_lr": config.lr,
             "tr_optimizer": config.optimizer, "tr_schedule": config.schedule, "tr_class_weighting": config.class_weighting,
-            "tr_image_size": preprocess.size}
+            "tr_image_size": preprocess.size, "tr_pretrained": WEIGHTS.get(config.pretrained, "local file")}
 
 
 def _apply_recipe() -> None:
@@ -36,7 +40,8 @@ st.title("Training")
 runs_dir = _ui.runs_dir()
 running = active_run(runs_dir)
 st.caption(f"Runs are saved in `{runs_dir}`. Device available: {describe_device()}.")
-recipe_name = st.selectbox("Recipe", list(RECIPES), key="tr_recipe", on_change=_apply_recipe)
+phantoms = is_synthetic(st.session_state["data_dir"])
+recipe_name = st.selectbox("Recipe", recipe_names(phantoms), key="tr_recipe", on_change=_apply_recipe)
 st.caption(RECIPES[recipe_name].summary)
 recipe_config, recipe_preprocess = RECIPES[recipe_name].train, RECIPES[recipe_name].preprocess
 preprocess = st.session_state.get("training_preprocess", recipe_preprocess)
@@ -51,7 +56,7 @@ with st.form("training_form"):
              "as they are; input channels come from the preprocessing. On a CPU, a ResNet-50 epoch over the real data takes "
              "minutes.")
     columns = st.columns(3)
-    arch = columns[0].selectbox("Architecture", list(ARCHITECTURES), key="tr_arch")
+    arch = columns[0].selectbox("Architecture", list(BACKBONES), key="tr_arch")
     pretrained = columns[1].selectbox("Initial weights", ["none", "imagenet", "local file"], key="tr_pretrained",
                                       help="ImageNet weights are downloaded once by torchvision; on an offline machine "
                                            "give a local torchvision state dict instead.")

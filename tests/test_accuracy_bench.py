@@ -13,7 +13,7 @@ from busi.recipes import recipe
 
 
 def test_a_finished_fold_is_reused_only_for_the_settings_it_was_trained_with(tmp_path):
-    config, preprocess = recipe("best").train, recipe("best").preprocess
+    config, preprocess = recipe("scratch").train, recipe("scratch").preprocess
     run = tmp_path / "fold-0"
     run.mkdir()
     (run / "predictions.csv").write_text("path,split,label,p_benign,p_malignant,p_normal\n")
@@ -39,8 +39,8 @@ def test_a_trained_fold_keeps_its_time_for_when_it_is_reused(synthetic_dataset, 
 
 
 def test_each_variant_has_its_own_results_folder_one_level_deep():
-    plain = results_folder("best", [], 0, 5)
-    weights = results_folder("best", ["pretrained=/weights/r18.pth", "mixup=0"], 2, 5)
-    assert plain == OUT / "accuracy-best-seed0" / "5fold"
-    assert weights.parent.parent == OUT and weights.parent.name == "accuracy-best-mixup=0-pretrained=_weights_r18.pth-seed2"
+    plain = results_folder("scratch", [], 0, 5)
+    weights = results_folder("scratch", ["pretrained=/weights/r18.pth", "mixup=0"], 2, 5)
+    assert plain == OUT / "accuracy-scratch-seed0" / "5fold"
+    assert weights.parent.parent == OUT and weights.parent.name == "accuracy-scratch-mixup=0-pretrained=_weights_r18.pth-seed2"
     assert results_folder("study", [], 0, 0).name == "split"

@@ -140,11 +140,25 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
 
 def test_choosing_a_recipe_fills_the_form(runs):
     app = open_page("training")
-    assert widget(app, "tr_arch").value == "resnet50" and widget(app, "tr_epochs").value == 10
-    widget(app, "tr_recipe").select("best").run()
+    assert widget(app, "tr_recipe").value == "quick"  # on the demo phantoms, the demo model first
+    assert widget(app, "tr_arch").value == "resnet18" and widget(app, "tr_epochs").value == 12
+    widget(app, "tr_recipe").select("scratch").run()
     assert widget(app, "tr_arch").value == "resnet18" and widget(app, "tr_image_size").value == 128
-    assert any(caption.value == RECIPES["best"].summary for caption in app.caption)
+    assert any(caption.value == RECIPES["scratch"].summary for caption in app.caption)
     assert widget(app, "tr_optimizer").value == "adamw" and not app.exception
+
+
+def test_on_real_scans_the_pretrained_recipe_is_offered_first(monkeypatch, synthetic_dataset, tmp_path, runs):
+    import shutil
+
+    real = tmp_path / "scans"
+    shutil.copytree(synthetic_dataset, real)
+    (real / "SYNTHETIC-PHANTOMS.txt").unlink()  # as far as the app can tell, scans of patients
+    monkeypatch.setenv("BUSI_DATA", str(real))
+    app = open_page("training")
+    assert widget(app, "tr_recipe").value == "best" and widget(app, "tr_recipe").options[0] == "best"
+    assert widget(app, "tr_arch").value == "efficientnet_lite0" and widget(app, "tr_pretrained").value == "imagenet"
+    assert any(caption.value == RECIPES["best"].summary for caption in app.caption)
 
 
 def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monkeypatch):

@@ -5,7 +5,7 @@ from torch import nn
 
 from busi.errors import ParameterError
 from busi.explain import GradCam, energy_inside, heatmap_overlay
-from busi.model import ARCHITECTURES, build_model, last_conv_stage
+from busi.model import BACKBONES, build_model, last_conv_stage
 
 
 def _brightness_model() -> nn.Sequential:
@@ -49,7 +49,7 @@ def test_energy_inside_the_mask():
         energy_inside(heat, mask[:2])
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(BACKBONES))
 def test_every_backbone_is_explained_and_left_exactly_as_found(arch):
     torch.manual_seed(0)
     model = build_model(arch, 3).train()

@@ -9,7 +9,7 @@ import pytest
 
 import bench.screen as screen
 from bench.accuracy import COLUMNS, ScoredFold, print_table
-from bench.screen import RECIPE, SCORES, adopted, fold_row, pick
+from bench.screen import RECIPE, SCORES, adopted, adopted_by_spread, fold_row, pick
 
 STRONG, BIG = ("--set", "augment=strong"), ("--pre", "size=224")
 
@@ -98,3 +98,40 @@ def test_one_phase_stops_after_partition_zero_naming_its_pick(tmp_path, monkeypa
     screen.main()
     assert asked == [sorted([(RECIPE, 0), (STRONG, 0)])]
     assert capsys.readouterr().out.rstrip().endswith("phase 1 picks: --set augment=strong (qualified)")
+
+
+def _fold_gains(accuracy, macro_f1, malignant_recall, malignant_auc=None):
+    """Per-fold gains of five folds for the primary scores (and the AUC, 0 unless given)."""
+    return {score: list({"accuracy": accuracy, "macro_f1": macro_f1, "malignant_recall": malignant_recall,
+                         "malignant_auc": malignant_auc or [0.0] * 5}.get(score, [0.0] * 5)) for score in SCORES}
+
+
+def test_the_spread_rule_adopts_a_gain_larger_than_its_fold_to_fold_spread():
+    steady = _fold_gains([0.03, 0.04, 0.02, 0.05, 0.03], [0.03, 0.04, 0.02, 0.05, 0.03], [0.02, 0.04, 0.03, 0.06, 0.02])
+    assert adopted_by_spread(steady, 1.0, 2.5)[0]
+    noisy = _fold_gains([0.10, -0.06, 0.08, -0.05, 0.02], [0.09, -0.07, 0.08, -0.04, 0.01], [0.10, -0.08, 0.1, -0.05, 0.0])
+    decision, why = adopted_by_spread(noisy, 1.0, 2.5)
+    assert not decision and "vs spread" in why
+    assert not adopted_by_spread(steady, 2.6, 2.5)[0]  # too slow for the time budget
+    worse_auc = _fold_gains(*(steady[score] for score in ("accuracy", "macro_f1", "malignant_recall")), [-0.03] * 5)
+    decision, why = adopted_by_spread(worse_auc, 1.0, 2.5)
+    assert not decision and "malignant_auc -0.030" in why
+    four = {score: values[:4] for score, values in steady.items()}
+    assert adopted_by_spread(four, 1.0, 2.5) == (False, "only 4 of 5 folds paired")
+
+
+def test_a_sequential_screen_carries_adopted_variants_and_stops_after_three_misses(monkeypatch, capsys):
+    scores = {(): 0.70, ("--a",): 0.75, ("--a", "--b"): 0.74, ("--a", "--c"): 0.70, ("--a", "--d"): 0.72}
+    bumps = [0.010, -0.010, 0.005, 0.0, -0.005]  # per fold, the same for every lane: the gains are steady
+
+    def fake_folds(jobs, args, deadline):
+        return {(options, seed, fold): dict.fromkeys(SCORES, scores[options] + bumps[fold]) | {"minutes": 10.0}
+                for options, seed, fold in jobs}
+
+    monkeypatch.setattr(screen, "run_folds", fake_folds)
+    args = type("Args", (), {"max_ratio": 2.5})()
+    variants = [("--a",), ("--b",), ("--c",), ("--d",), ("--e",)]
+    assert screen.screen_in_sequence(variants, args, 0.0) == ("--a",)
+    out = capsys.readouterr().out
+    assert "--a on top of the recipe: adopt" in out and "--b on top of --a: keep the recipe" in out
+    assert "--d on top of --a: keep the recipe" in out and "three successive variants" in out and "--e" not in out

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import busi.batches
+import busi.train
 from busi.arrays import masks_known, model_inputs
 from busi.augment import augment_batch
 from busi.cli import main
@@ -20,12 +21,12 @@ from busi.errors import BusiError
 from busi.events import BatchEnd, Done, EpochEnd, Failed, Started, Stopped
 from busi.imageio import read_scan
 from busi.lesion import LesionHead
-from busi.model import build_model, to_model_tensor
+from busi.model import TF_INCEPTION, build_model, to_model_tensor
 from busi.predict import load_classifier
 from busi.preprocess import Pipeline, PreprocessConfig
 from busi.runs import RunFolder, load_checkpoint
 from busi.split import group_kfold, read_manifest
-from busi.train import recompute_batch_norm, train, train_one_epoch
+from busi.train import build_optimiser, recompute_batch_norm, train, train_one_epoch
 from tests.helpers import first_prediction_row
 
 TINY = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, seed=1)
@@ -296,6 +297,29 @@ def test_a_stop_inside_the_first_epoch_leaves_a_checkpoint_that_resume_finishes(
     assert [e.epoch for e in resumed if isinstance(e, EpochEnd)] == [1, 2] and isinstance(resumed[-1], Done)
 
 
+def test_a_pretrained_timm_backbone_trains_and_predicts_with_its_own_input_scaling(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="efficientnet_lite0", pretrained="imagenet", epochs=1, batch_size=4, mask_weight=1.0, mixup=0.4)
+    assert isinstance(list(train(synthetic_dataset, tmp_path, config, SMALL))[-1], Done)
+    assert load_checkpoint(tmp_path / "best.pt")["normalisation"] == TF_INCEPTION.to_dict()
+    classifier = load_classifier(tmp_path)
+    assert classifier.normalisation == TF_INCEPTION
+    row = first_prediction_row(tmp_path)
+    prediction = classifier.predict(synthetic_dataset / row["path"])  # as scored at training time, with TF scaling
+    np.testing.assert_allclose(list(prediction.probabilities.values()), [float(row[f"p_{c}"]) for c in classifier.classes],
+                               atol=1e-5)
+    explanation = classifier.explain(synthetic_dataset / row["path"])
+    assert explanation.heat.shape == explanation.scan.shape and explanation.heat.max() > 0
+
+
+def test_a_typo_in_the_architecture_fails_before_any_data_is_read(tmp_path, monkeypatch):
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(busi.train, "index_dataset", no_reading)
+    events = list(train(tmp_path / "data", tmp_path / "run", TrainConfig(arch="resnet51"), SMALL))
+    assert isinstance(events[-1], Failed) and "Unknown architecture 'resnet51'" in events[-1].message
+
+
 def test_batch_larger_than_the_data_fails_with_a_message(synthetic_dataset, tmp_path):
     events = list(train(synthetic_dataset, tmp_path, TrainConfig(arch="resnet18", batch_size=500), SMALL))
     assert isinstance(events[-1], Failed) and "batch_size 500 exceeds" in events[-1].message
@@ -353,3 +377,31 @@ def test_a_lesion_scan_filed_without_its_mask_has_no_known_mask(synthetic_datase
     scan = unmasked.with_name(unmasked.name.replace("_mask", "")).relative_to(index.root).as_posix()
     assert known.pop(scan) is np.False_
     assert all(known.values())  # normal scans count as known: they have no lesion to mark
+
+
+def test_the_body_can_learn_slower_than_the_head():
+    config = TrainConfig(arch="resnet18", lr=0.01, optimizer="adamw", schedule="cosine", epochs=4, backbone_lr=0.1)
+    model = build_model("resnet18", 3)
+    optimizer, schedule = build_optimiser(model, config)
+    head, body = optimizer.param_groups
+    assert {id(p) for p in head["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert len(head["params"]) + len(body["params"]) == len(list(model.parameters()))
+    assert (head["lr"], body["lr"]) == pytest.approx((0.01, 0.001))
+    optimizer.step()  # no gradients yet: changes nothing, but comes before the schedule's step
+    schedule.step()
+    assert body["lr"] / head["lr"] == pytest.approx(0.1)  # the schedule scales both alike
+
+
+def test_frozen_first_epochs_train_the_head_alone(synthetic_dataset, tmp_path):
+    config = TrainConfig(arch="resnet18", epochs=2, batch_size=4, lr=0.01, freeze_epochs=1)
+    start = build_model("resnet18", 3).state_dict()
+    torch.manual_seed(config.training_seed)
+    initial = {name: value.clone() for name, value in build_model("resnet18", 3).named_parameters()}
+    after = []
+    for event in train(synthetic_dataset, tmp_path, config, SMALL):
+        if isinstance(event, EpochEnd):
+            after.append(dict(load_checkpoint(tmp_path / "checkpoint.pt")["model"]))
+    assert set(start) == set(after[0])
+    changed = [[name for name in initial if not torch.equal(initial[name], epoch[name])] for epoch in after]
+    assert changed[0] == ["fc.weight", "fc.bias"]  # epoch 1: the head alone
+    assert "conv1.weight" in changed[1] and len(changed[1]) > 10  # epoch 2: everything
