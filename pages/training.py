@@ -7,8 +7,8 @@ import streamlit as st
 
 from busi import figures
 from busi.config import CLASS_WEIGHTINGS, DEVICES, OPTIMIZERS, SCHEDULES
-from busi.device import describe_device
 from busi.data import is_synthetic
+from busi.device import describe_device
 from busi.errors import BusiError
 from busi.events import BatchEnd, EpochEnd
 from busi.jobs import active_run, start_training, stop_training
