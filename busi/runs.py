@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ import torch
 from busi.config import JobOptions, TrainConfig, config_to_dict, train_config_from_saved
 from busi.data import CLASSES, DatasetIndex, is_synthetic
 from busi.errors import BusiError, ParameterError
-from busi.events import ENDINGS, Done, EpochEnd, Event, Failed, Started, Stopped, event_from_json, event_to_json
+from busi.events import ENDINGS, BatchEnd, Done, EpochEnd, Event, Failed, Started, Stopped, event_from_json, event_to_json
 from busi.imageio import write_atomic
 from busi.preprocess import PreprocessConfig
 from busi.split import read_manifest, write_manifest
@@ -126,6 +127,29 @@ class PredictionTable:
     parts: np.ndarray  # str (N,): train | val | test
     labels: np.ndarray  # int (N,): true class
     probabilities: np.ndarray  # float (N, C), calibrated
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run's training has come, from its events."""
+
+    epoch: int  # the epoch under way (the last one once the run has ended)
+    epochs: int
+    batch: int  # batches finished in that epoch
+    batches: int
+    seconds_left: float | None  # from the recent batches' pace; None once the run has ended
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, (self.epoch - 1 + self.batch / self.batches) / self.epochs)
+
+    def describe(self) -> str:
+        text = f"Epoch {self.epoch} of {self.epochs}, batch {self.batch} of {self.batches}"
+        if self.seconds_left is None:
+            return text
+        if self.seconds_left < 60:
+            return text + ", less than a minute left"
+        return text + f", about {math.ceil(self.seconds_left / 60)} min left"
 
 
 @dataclass(frozen=True)
@@ -346,6 +370,24 @@ class RunFolder:
         # A job the app has just launched runs for a few seconds before its Started event.
         pid = started[-1] if started else job
         return "running" if isinstance(pid, int) and process_alive(pid) else "incomplete"
+
+    def progress(self, events: list[Event] | None = None, recent: int = 20) -> Progress | None:
+        """Where the training stands (None before its first batch); the time left extrapolates
+        the pace of the last ``recent`` batches (validation passes are not counted)."""
+        events = self.read_events() if events is None else events
+        batches = [event for event in events if isinstance(event, BatchEnd)]
+        if not batches:
+            return None
+        last = batches[-1]
+        epochs = [event for event in events if isinstance(event, EpochEnd)]
+        total = epochs[-1].epochs if epochs else int(self._settings().get("epochs", last.epoch))
+        done = last.batch
+        seconds_left = None
+        if not isinstance(events[-1], ENDINGS):
+            pace = [event.size / event.images_per_s for event in batches[-recent:] if event.images_per_s > 0]
+            remaining = (last.batches - done) + (total - last.epoch) * last.batches
+            seconds_left = remaining * sum(pace) / len(pace) if pace else None
+        return Progress(last.epoch, max(total, last.epoch), done, last.batches, seconds_left)
 
     def trained_on(self) -> Provenance | None:
         """The data the run was trained on; for runs saved before this was recorded, read back from

@@ -161,6 +161,17 @@ def evaluation(run: str, data_dir: str | None, modified: float):
     return evaluate_run(run, data_dir=data_dir, split="all" if data_dir else "test")
 
 
+@st.fragment(run_every=1.0)
+def follow_progress(run: Path) -> None:
+    """A progress bar of a training job, redrawn every second; the whole page reruns when it ends
+    (so that what needed its model appears)."""
+    folder = RunFolder(run)
+    if folder.state() != "running":
+        st.rerun()
+    progress = folder.progress()
+    st.progress(progress.fraction if progress else 0.0, text=progress.describe() if progress else "Preparing the data…")
+
+
 def reindex() -> None:
     _index.clear()
     thumbnail.clear()

@@ -3,13 +3,12 @@
 import streamlit as st
 
 from busi import figures
-from busi.data import UPLOAD_TYPES
+from busi.data import UPLOAD_TYPES, is_synthetic
 from busi.errors import BusiError
 from busi.explain import heatmap_overlay
 from busi.jobs import active_run, start_training
 from busi.preprocess import grey_view
 from busi.recipes import RECIPES
-from busi.sources import DEMO_SOURCE, data_sources
 from pages import _ui
 
 _ui.sidebar()
@@ -17,18 +16,29 @@ st.title("Prediction")
 _ui.notice()
 runs = _ui.usable_runs()
 if not runs:
-    st.info("There is no trained model yet. Train one on the Training page, or train a quick demo model on the "
-            "synthetic data now (under two minutes on a CPU; it knows nothing about real scans).")
-    if st.button("Train a quick demo model", type="primary", key="pr_quick_train", disabled=active_run(_ui.runs_dir()) is not None):
-        quick = RECIPES["quick"]
+    phantoms = is_synthetic(st.session_state["data_dir"])
+    one_click = RECIPES["quick" if phantoms else "best"]
+
+    def _start() -> None:  # a callback: the job runs before the page draws its button, which then shows it disabled
         try:
-            start_training(data_sources()[DEMO_SOURCE], quick.train, quick.preprocess, _ui.runs_dir(), name="quick-demo")
+            start_training(st.session_state["data_dir"], one_click.train, one_click.preprocess, _ui.runs_dir(),
+                           name="quick-demo" if phantoms else f"{one_click.name}-{one_click.train.arch}")
         except BusiError as error:
-            st.error(str(error))
-        else:
-            st.success("Training started.")
-    if active_run(_ui.runs_dir()) is not None:
-        st.page_link("pages/training.py", label="Follow the training run", icon=":material/model_training:")
+            st.session_state["pr_start_error"] = str(error)
+
+    if phantoms:
+        st.info("There is no trained model yet. Train one on the Training page, or train a quick demo model on these "
+                "synthetic phantoms now (under two minutes on a CPU; it knows nothing about real scans).")
+    else:
+        st.info("There is no trained model yet. Train our recipe on the scans in use now: " + one_click.summary)
+    running = active_run(_ui.runs_dir())
+    st.button("Train a quick demo model" if phantoms else "Train our recipe on these scans", type="primary",
+              key="pr_quick_train", disabled=running is not None, on_click=_start)
+    if "pr_start_error" in st.session_state:
+        st.error(st.session_state.pop("pr_start_error"))
+    if running is not None:
+        _ui.follow_progress(running)
+        st.page_link("pages/training.py", label="See the training curves", icon=":material/model_training:")
     st.stop()
 
 names = [r.name for r in runs]

@@ -10,7 +10,7 @@ from busi.config import CLASS_WEIGHTINGS, DEVICES, OPTIMIZERS, SCHEDULES
 from busi.data import is_synthetic
 from busi.device import describe_device
 from busi.errors import BusiError
-from busi.events import BatchEnd, EpochEnd
+from busi.events import BatchEnd
 from busi.jobs import active_run, start_training, stop_training
 from busi.model import BACKBONES
 from busi.recipes import RECIPES, recipe_names
@@ -114,19 +114,16 @@ def follow(run_path) -> None:
         st.rerun()
     events = run.read_events()
     batches = [e for e in events if isinstance(e, BatchEnd)]
-    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    progress = run.progress(events)
     machine = run.read_environment() or {}
     device_text = machine.get("gpu") or machine.get("device") or "starting…"
     columns = st.columns(4)
     columns[0].metric("Status", summary.state)
-    columns[1].metric("Epoch", f"{summary.epochs_done}/{summary.epochs}")
+    columns[1].metric("Epochs finished", f"{summary.epochs_done}/{summary.epochs}")
     columns[2].metric("Images/s", f"{batches[-1].images_per_s:.1f}" if batches else "–")
     columns[3].metric("Device", device_text)
-    if batches and summary.epochs:
-        last = batches[-1]
-        done = (last.epoch - 1 + last.batch / last.batches) / summary.epochs
-        eta = f", about {epochs[-1].eta_s / 60:.0f} min left" if epochs and summary.state == "running" else ""
-        st.progress(min(1.0, done), text=f"epoch {last.epoch}, batch {last.batch}/{last.batches}{eta}")
+    if progress:
+        st.progress(progress.fraction, text=progress.describe())
     if summary.state == "running" and st.button("Stop training", key="tr_stop"):
         stop_training(run_path)
         st.toast("Stopping at the next batch; a checkpoint is kept and the run can be resumed.")

@@ -131,7 +131,7 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
         time.sleep(0.5)
     app = open_page("training")
     status = {m.label: m.value for m in app.metric}
-    assert status["Status"] == "finished" and status["Epoch"] == "1/1"
+    assert status["Status"] == "finished" and status["Epochs finished"] == "1/1"
     done = RunFolder(run).read_events()[-1]
     assert done.kind == "done"
     assert app.success[0].value == f"Finished: the model is epoch {done.model_epoch}'s (validation macro-F1 " \
@@ -149,12 +149,7 @@ def test_choosing_a_recipe_fills_the_form(runs):
 
 
 def test_on_real_scans_the_pretrained_recipe_is_offered_first(monkeypatch, synthetic_dataset, tmp_path, runs):
-    import shutil
-
-    real = tmp_path / "scans"
-    shutil.copytree(synthetic_dataset, real)
-    (real / "SYNTHETIC-PHANTOMS.txt").unlink()  # as far as the app can tell, scans of patients
-    monkeypatch.setenv("BUSI_DATA", str(real))
+    monkeypatch.setenv("BUSI_DATA", str(_real_scans(synthetic_dataset, tmp_path)))
     app = open_page("training")
     assert widget(app, "tr_recipe").value == "best" and widget(app, "tr_recipe").options[0] == "best"
     assert widget(app, "tr_arch").value == "efficientnet_lite0" and widget(app, "tr_pretrained").value == "imagenet"
@@ -232,6 +227,45 @@ def test_prediction_without_a_model_offers_a_quick_one(runs):
     app = open_page("prediction")
     assert "no trained model yet" in app.info[0].value
     assert widget(app, "pr_quick_train").label == "Train a quick demo model"
+
+
+def _real_scans(synthetic_dataset, tmp_path):
+    """The phantoms without their marker: as far as the app can tell, scans of patients."""
+    import shutil
+
+    real = tmp_path / "scans"
+    shutil.copytree(synthetic_dataset, real)
+    (real / "SYNTHETIC-PHANTOMS.txt").unlink()
+    return real
+
+
+def test_prediction_without_a_model_on_real_scans_trains_the_pretrained_recipe_on_them(runs, synthetic_dataset, tmp_path,
+                                                                                      monkeypatch):
+    real = _real_scans(synthetic_dataset, tmp_path)
+    monkeypatch.setenv("BUSI_DATA", str(real))
+    app = open_page("prediction")
+    assert RECIPES["best"].summary in app.info[0].value
+    widget(app, "pr_quick_train").click().run()
+    run = active_run(runs)
+    try:
+        request = json.loads((run / "request.json").read_text())
+        assert request["train"]["arch"] == "efficientnet_lite0" and request["train"]["pretrained"] == "imagenet"
+        assert widget(app, "pr_quick_train").disabled and not app.exception
+        assert "--data " + str(real) in " ".join(json.loads(json.dumps(_command_of(run))))
+    finally:
+        (run / "STOP").touch()
+        deadline = time.monotonic() + 120
+        while active_run(runs) and time.monotonic() < deadline:
+            time.sleep(0.3)
+
+
+def _command_of(run):
+    """The training process's command line, from the kernel."""
+    pid = json.loads((run / "job.json").read_text())["pid"]
+    try:
+        return open(f"/proc/{pid}/cmdline").read().split("\0")
+    except OSError:  # already ended: its config says which data it read
+        return ["--data", json.loads((run / "config.json").read_text())["data_dir"]]
 
 
 def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):

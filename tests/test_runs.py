@@ -1,6 +1,7 @@
 """The run folder: its files, its state, what it was trained on, and runs saved by older versions."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import torch
 from busi.cli import main
 from busi.config import TrainConfig, config_to_dict
 from busi.evaluate import run_predictions
-from busi.events import Done, EpochEnd, Failed, Started, Stopped, event_to_json
+from busi.events import BatchEnd, Done, EpochEnd, Failed, Started, Stopped, event_to_json
 from busi.predict import load_classifier
 from busi.preprocess import DisplayConfig, PreprocessConfig
 from busi.runs import RunFolder, list_runs, load_checkpoint
@@ -175,3 +176,22 @@ def test_a_stopped_run_saved_by_the_previous_version_resumes(synthetic_dataset, 
     resumed = list(train(synthetic_dataset, run, resume=True))
     assert resumed[0] == Started(2, 2, os.getpid(), resumed=True) and isinstance(resumed[-1], Done)
     assert load_checkpoint(run / "best.pt")["train_config"]["augment"] == "ultrasound"
+
+
+def _batch(epoch: int, batch: int, seconds: float) -> BatchEnd:
+    return BatchEnd(epoch, batch, 4, 1.0, 8 / seconds, 8)
+
+
+@pytest.mark.parametrize("epochs, events, epoch, batch, text", [
+    (3, [_batch(1, 1, 10), _batch(1, 2, 10)], 1, 2, "Epoch 1 of 3, batch 2 of 4, about 2 min left"),  # 10 batches of 10 s
+    (3, [*(_batch(e, b, 30) for e in (1, 2) for b in (1, 2, 3, 4)), _epoch(2, 0.5, True), _batch(3, 1, 30)],
+     3, 1, "Epoch 3 of 3, batch 1 of 4, about 2 min left"),  # 3 batches of 30 s: 90 s, rounded up
+    (3, [_batch(1, 1, 2), _batch(1, 2, 2), _batch(1, 3, 2)], 1, 3, "Epoch 1 of 3, batch 3 of 4, less than a minute left"),
+    (1, [*(_batch(1, b, 2) for b in (1, 2, 3, 4)), _epoch(1, 0.5, True), Done(1, 0.5)], 1, 4, "Epoch 1 of 1, batch 4 of 4"),
+])
+def test_progress_names_the_epoch_under_way_and_the_time_left(tmp_path, epochs, events, epoch, batch, text):
+    events = [Started(1, epochs, 1)] + [dataclasses.replace(e, epochs=epochs) if isinstance(e, EpochEnd) else e for e in events]
+    progress = _run_with_events(tmp_path / "run", events, {"arch": "resnet18", "epochs": epochs}).progress()
+    assert (progress.epoch, progress.batch) == (epoch, batch)
+    assert progress.fraction == pytest.approx((epoch - 1 + batch / 4) / epochs) and progress.describe() == text
+    assert _run_with_events(tmp_path / "fresh", [Started(1, 3, 1)]).progress() is None
