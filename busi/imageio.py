@@ -20,8 +20,9 @@ from busi.errors import ImageError
 
 Source = str | os.PathLike | bytes
 
-# Ultrasound scans are around 500x500; 50 Mpx is generous yet stops decompression bombs.
-MAX_PIXELS = 50_000_000
+# Ultrasound frames are well under 4 Mpx (BUSI's are about 500x500); a 4K frame (3840x2160) is
+# the largest accepted, so that a small file cannot make the server decode hundreds of megabytes.
+MAX_PIXELS = 3840 * 2160
 MIN_SCAN_SIDE = 32
 # A pixel counts as coloured when its channels differ this much (Doppler, coloured markers);
 # JPEG chroma noise on grey scans stays well below it.
@@ -71,11 +72,17 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
 def _to_array(image: Image.Image) -> np.ndarray:
     """Any PIL mode -> uint8 grey (H, W) or RGB (H, W, 3); transparency composited on black."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        # 16-bit scans use the full range; scaling by 257 keeps their meaning, not stretched.
+    # 16-bit scans use the full range; scaling by 257 keeps their meaning, not stretched. No
+    # floating-point copy of a 16-bit frame is made: OpenCV scales, rounds and saturates in one pass.
+    if mode in ("I;16", "I;16B", "I;16L"):
+        values = np.asarray(image)
+        if values.max(initial=0) <= 255:
+            return values.astype(np.uint8)
+        return cv2.convertScaleAbs(np.ascontiguousarray(values), alpha=1 / 257)
+    if mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float32)
         scale = 257.0 if values.max(initial=0) > 255 else 1.0
-        return np.clip(np.round(values / scale), 0, 255).astype(np.uint8)
+        return cv2.convertScaleAbs(np.clip(values, 0, None), alpha=1 / scale)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in ("LA", "PA", "La"):
@@ -85,9 +92,9 @@ def _to_array(image: Image.Image) -> np.ndarray:
     if image.mode == "1":
         image = image.convert("L")
     array = np.asarray(image)
-    if image.mode == "RGBA":
-        alpha = array[..., 3:4].astype(np.float32) / 255.0
-        array = np.round(array[..., :3] * alpha).astype(np.uint8)
+    if image.mode == "RGBA":  # composited in uint8, without a float copy of the frame
+        rgb, alpha = np.ascontiguousarray(array[..., :3]), np.ascontiguousarray(array[..., 3])
+        array = cv2.multiply(rgb, cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), scale=1 / 255)
     return np.ascontiguousarray(array)
 
 

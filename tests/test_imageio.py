@@ -1,4 +1,5 @@
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -134,3 +135,31 @@ def test_write_atomic_replaces_whole_and_leaves_no_temporary(tmp_path):
     write_atomic(target, b"second")
     assert target.read_text() == "second"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
+
+
+def test_the_default_limit_fits_ultrasound_frames_and_refuses_larger_ones():
+    assert read_image(png_bytes(np.zeros((2160, 3840), np.uint8))).shape == (2160, 3840)  # a 4K frame
+    # 143 KB of zeros that would decode to 7000 x 7000 RGB: refused before decoding.
+    small_file = png_bytes(np.zeros((7000, 7000, 3), np.uint8))
+    assert len(small_file) < 200_000
+    with pytest.raises(ImageError, match="7000x7000 px, over the limit of 8,294,400 pixels"):
+        read_image(small_file)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA"])
+def test_decoding_makes_no_floating_point_copy_of_the_frame(mode):
+    side = 2000
+    if mode == "I;16":
+        data = png_bytes(np.random.default_rng(0).integers(0, 65536, (side, side), dtype=np.uint16))
+    else:
+        data = png_bytes(np.random.default_rng(0).integers(0, 256, (side, side, 4), dtype=np.uint8))
+    tracemalloc.start()
+    try:
+        image = read_image(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.dtype == np.uint8
+    # PIL's frame and numpy's copy of it, then uint8 results: a float copy would add 4 or 8 bytes
+    # a pixel and channel (the 16-bit frame alone went through 8 bytes a pixel before).
+    assert peak < (6 if mode == "I;16" else 20) * side * side, peak / side / side
