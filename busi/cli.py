@@ -146,7 +146,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, PreprocessCon
 
 
 def _train(args: argparse.Namespace) -> int:
-    job = JobOptions(args.device, args.threads)
+    job = JobOptions(args.device, args.threads, tuple(args.only_under))
     if args.resume:
         ignored = ["--" + name.replace("_", "-") for name in _RECIPE_FLAGS if getattr(args, name, None) is not None]
         if ignored:
@@ -290,6 +290,8 @@ def get_args_parser() -> argparse.ArgumentParser:
             train_parser.add_argument(flag, type=type(value), dest=name, help=f"study recipe: {value}")
     train_parser.add_argument("--device", choices=DEVICES, default="auto", help="where to train (default: auto, a GPU if any)")
     train_parser.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: torch's choice)")
+    train_parser.add_argument("--only-under", action="append", default=[], metavar="FOLDER",
+                              help="read data only under this folder (repeatable); what links elsewhere is skipped")
     train_parser.set_defaults(run_command=_train)
 
     evaluate = commands.add_parser("evaluate", help="classification report with 95%% intervals, ROC/PR, calibration")

@@ -116,10 +116,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class JobOptions:
-    """How one training process runs: where, and on how many CPU threads (0: torch's default)."""
+    """How one training process runs: where, on how many CPU threads (0: torch's default), and
+    under which folders alone it may read data (empty: anywhere; the app confines its jobs)."""
 
     device: str = "auto"
     threads: int = 0
+    roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("device", self.device, DEVICES)

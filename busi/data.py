@@ -194,10 +194,31 @@ class _Listing:
     findings: list[Finding]
 
 
-def _list_files(root: Path) -> _Listing:
+def _inside(path: Path, roots: tuple[Path, ...] | None) -> bool:
+    """Whether ``path``, its links followed, lies under one of ``roots`` (None: no confinement)."""
+    if roots is None:
+        return True
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a link loop, a name too long: not somewhere we may read
+        return False
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
+def _outside(path: Path, root: Path) -> Finding:
+    # The target is not named: a visitor must learn nothing about the world outside the roots.
+    return Finding("warning", "outside_roots", str(path.relative_to(root)),
+                   f"'{path.name}' leads outside the folders this app may read; skipped.")
+
+
+def _list_files(root: Path, roots: tuple[Path, ...] | None) -> _Listing:
     findings: list[Finding] = []
     scans: list[tuple[str, Path, tuple[Path, ...]]] = []
     folders = _class_folders(root)
+    for label, folder in list(folders.items()):
+        if not _inside(folder, roots):
+            findings.append(_outside(folder, root))
+            del folders[label]
     for child in sorted(root.iterdir()):
         if child.is_dir() and child.name.lower() not in CLASSES:
             findings.append(
@@ -214,6 +235,9 @@ def _list_files(root: Path) -> _Listing:
         mask_paths: dict[str, list[tuple[int, Path]]] = {}
         for file in sorted(folder.iterdir()):
             if file.name.lower() in _IGNORED_NAMES or file.name.startswith("."):
+                continue
+            if not _inside(file, roots):
+                findings.append(_outside(file, root))
                 continue
             if file.is_dir() or file.suffix.lower() not in IMAGE_SUFFIXES:
                 findings.append(
@@ -300,14 +324,17 @@ def _inspect(label: str, scan: Path, masks: tuple[Path, ...]) -> _Inspection:
     return _Inspection(width, height, tuple(usable), fraction, tuple(flags), duplicates.describe(grey), tuple(findings))
 
 
-def index_dataset(path: str | os.PathLike, *, workers: int | None = None) -> DatasetIndex:
+def index_dataset(path: str | os.PathLike, *, workers: int | None = None,
+                  roots: tuple[Path, ...] | None = None) -> DatasetIndex:
     """Index every scan under ``path``: sizes, merged masks, near-duplicate groups, findings.
 
+    ``roots`` confines it (the app: a visitor's folder is read with the server's rights): a class
+    folder or file whose links lead outside every root is skipped and reported, never read.
     Raises DatasetError only when ``path`` is not a dataset at all; everything else is reported
     in ``DatasetIndex.findings``.
     """
     root = find_dataset_root(path)
-    listing = _list_files(root)
+    listing = _list_files(root, roots)
     # Decoding (PIL, OpenCV) releases the GIL, so threads use every core without pickling.
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         inspections = list(pool.map(lambda item: _inspect(*item), listing.scans))

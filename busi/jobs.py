@@ -40,21 +40,23 @@ def active_run(runs_dir: str | os.PathLike | None = None) -> Path | None:
 
 def start_training(data_dir: str | os.PathLike, config: TrainConfig, preprocess: PreprocessConfig,
                    runs_dir: str | os.PathLike | None = None, *, device: str = "auto", threads: int | None = None,
-                   name: str = "") -> Path:
+                   roots: tuple[Path, ...] = (), owner: str = "", name: str = "") -> Path:
     """Launch ``python -m busi train`` into a new run folder and return it. ``threads`` defaults
-    to all cores but one, so the app stays responsive while the job trains."""
+    to all cores but one, so the app stays responsive while the job trains; ``roots`` confine the
+    data it reads (see ``JobOptions``); ``owner`` alone may stop it (``stop_training``)."""
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    job = JobOptions(device, threads or max(1, (os.cpu_count() or 2) - 1))
+    job = JobOptions(device, threads or max(1, (os.cpu_count() or 2) - 1), tuple(map(str, roots)))
     with open(runs_dir / ".start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions clicking Start at once: one wins, one is told
         current = active_run(runs_dir)
         if current:
             raise BusiError(f"A training run is already going ({current.name}): wait for it to finish or stop it first.")
-        return _launch(data_dir, config, preprocess, runs_dir, job, name)
+        return _launch(data_dir, config, preprocess, runs_dir, job, owner, name)
 
 
-def _launch(data_dir, config: TrainConfig, preprocess: PreprocessConfig, runs_dir: Path, job: JobOptions, name: str) -> Path:
+def _launch(data_dir, config: TrainConfig, preprocess: PreprocessConfig, runs_dir: Path, job: JobOptions, owner: str,
+            name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = runs_dir / f"{stamp}-{name or config.arch}"
     suffix = 1
@@ -65,16 +67,21 @@ def _launch(data_dir, config: TrainConfig, preprocess: PreprocessConfig, runs_di
     run = RunFolder(path)
     run.write_request(config, preprocess)
     command = [sys.executable, "-m", "busi", "train", "--data", str(data_dir), "--out", str(path),
-               "--config", str(run.file(REQUEST)), "--device", job.device, "--threads", str(job.threads)]
+               "--config", str(run.file(REQUEST)), "--device", job.device, "--threads", str(job.threads),
+               *(argument for root in job.roots for argument in ("--only-under", root))]
     with open(run.file(LOG), "w") as log:
         # A new session: the job outlives page reruns and is not killed by the app's Ctrl-C.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    run.write_job(process.pid)
+    run.write_job(process.pid, owner)
     write_atomic(runs_dir / ACTIVE_FILE, json.dumps({"pid": process.pid, "run": str(path)}))
     return path
 
 
-def stop_training(run_dir: str | os.PathLike) -> None:
-    """Ask the job to stop at its next batch; it saves a checkpoint and can be resumed."""
-    RunFolder(run_dir).request_stop()
+def stop_training(run_dir: str | os.PathLike, owner: str = "") -> None:
+    """Ask the job to stop at its next batch; it saves a checkpoint and can be resumed. A run
+    started by an app session can only be stopped by that session (``owner``)."""
+    run = RunFolder(run_dir)
+    if run.owner and run.owner != owner:
+        raise BusiError("This run was started in another browser session: it can be followed here, not stopped.")
+    run.request_stop()

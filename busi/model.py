@@ -182,6 +182,12 @@ def load_pretrained(model: nn.Module, arch: str, source: str | os.PathLike) -> N
     model.load_state_dict(body, strict=False)
 
 
+def check_weights_file(arch: str, path: str | os.PathLike) -> None:
+    """Refuse, with ``load_pretrained``'s messages, a local file that is not weights of ``arch``:
+    before a training job starts, not minutes into it."""
+    load_pretrained(backbone(arch).build(), arch, path)
+
+
 def _by_position(target: StateDict, source: StateDict, arch: str) -> StateDict:
     """``source``'s tensors under ``target``'s names, in order; they must agree in count and shapes."""
     if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):

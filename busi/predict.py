@@ -13,9 +13,10 @@ import io
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -59,13 +60,24 @@ class Explanation:
     scan: np.ndarray  # uint8 grey (H, W)
     probabilities: dict[str, float]
 
+    def shrunk(self, side: int) -> Explanation:
+        """The same explanation with the scan and its heatmap scaled down so that neither side
+        exceeds ``side`` pixels: what a page keeps per scan, instead of full-size frames."""
+        height, width = self.scan.shape
+        scale = side / max(height, width)
+        if scale >= 1:
+            return self
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return replace(self, heat=cv2.resize(self.heat, size, interpolation=cv2.INTER_AREA),
+                       scan=cv2.resize(self.scan, size, interpolation=cv2.INTER_AREA))
+
 
 def _as_grey(image: ImageInput) -> tuple[np.ndarray, float]:
     """A grey scan and the fraction of clearly coloured pixels it came with."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
             raise ImageError(f"Expected a uint8 grey (H, W) or RGB (H, W, 3) array, got {image.dtype} {image.shape}.")
-        pixels, source = image, "the array"
+        pixels, source = image, "the scan"
     else:
         pixels, source = read_image(image), image
     return require_scan_size(to_grey(pixels), source), colour_fraction(pixels)

@@ -77,15 +77,16 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint dict, loaded safely (``weights_only``): no code in the file runs."""
     path = Path(path)
+    shown = f"{path.parent.name}/{path.name}"  # the run and the file: enough to act on, no server paths
     if not path.is_file():
-        raise BusiError(f"No checkpoint at '{path}': train a model first, or choose another run.")
+        raise BusiError(f"No checkpoint at '{shown}': train a model first, or choose another run.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for truncated, foreign or unsafe files
-        raise BusiError(f"'{path}' is not a usable busi checkpoint ({type(error).__name__}: {error}). "
-                        "Retrain, or resume from the run's other checkpoint.") from error
+    except Exception:  # torch raises many types for truncated, foreign or unsafe files, with advice we must not pass on
+        raise BusiError(f"'{shown}' is not a checkpoint this program can load safely: retrain the run, or choose "
+                        "another.") from None
     if not isinstance(state, dict) or _MODEL_KEYS - set(state):
-        raise BusiError(f"'{path}' is not a busi checkpoint (expected keys {', '.join(sorted(_MODEL_KEYS))}).")
+        raise BusiError(f"'{shown}' is not a checkpoint this program can load safely: retrain the run, or choose another.")
     return state
 
 
@@ -241,8 +242,13 @@ class RunFolder:
     def write_request(self, config: TrainConfig, preprocess: PreprocessConfig) -> None:
         _write_json(self.file(REQUEST), {"train": config_to_dict(config), "preprocess": config_to_dict(preprocess)})
 
-    def write_job(self, pid: int) -> None:
-        _write_json(self.file(JOB), {"pid": pid})
+    def write_job(self, pid: int, owner: str = "") -> None:
+        _write_json(self.file(JOB), {"pid": pid, "owner": owner})
+
+    @property
+    def owner(self) -> str:
+        """Who may stop or resume the run: the app's session that started it ("" for anyone)."""
+        return str((_read_json(self.file(JOB)) or {}).get("owner", ""))
 
     def _settings(self) -> dict:
         """The training settings as saved, from config.json or, before it exists, the request."""

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -248,7 +249,7 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     device = resolve_device(job.device)
     # Built before any data is read, so that a wrong architecture or weights source fails at once.
     model = build_model(config.arch, len(CLASSES), config.pretrained)
-    index = index_dataset(data_dir)
+    index = index_dataset(data_dir, roots=tuple(map(Path, job.roots)) if job.roots else None)
     if not index.records:
         raise BusiError(f"No readable scans in '{data_dir}': nothing to train on.")
     images, labels = model_inputs(index, preprocess), class_numbers(index)

@@ -5,7 +5,13 @@ Everything that computes lives in ``busi``; this module only caches and renders.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +26,7 @@ from busi.jobs import default_runs_dir
 from busi.predict import Classifier, checkpoint_of, load_classifier
 from busi.preprocess import resize
 from busi.runs import PREDICTIONS, RunFolder, RunSummary, list_runs
-from busi.sources import DEMO_SOURCE, data_sources, resolve_data_folder
+from busi.sources import DEMO_SOURCE, allowed_roots, data_sources, resolve_data_folder
 
 CITATION = ("Dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound "
             "images\", *Data in Brief* 28 (2020) 104863.")
@@ -35,12 +41,48 @@ PAGES = (
 )
 
 
+# Markdown's punctuation, and Streamlit's ':' directives (colours, icons) and '$' (LaTeX).
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$])")
+
+
+def literal(text: object) -> str:
+    """Text a visitor supplied (a file or folder name, an error quoting one) escaped so that
+    Markdown shows it as itself: no link, no image fetched, no formatting, on one line."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def session_token() -> str:
+    """This browser's secret: jobs it starts carry it, and only it may stop them. Derived from the
+    XSRF cookie Streamlit keeps in the browser, so that a reload keeps the visitor's jobs theirs
+    (hashed: the cookie itself is never written anywhere); a random one per session without it."""
+    if "session_token" not in st.session_state:
+        cookie = st.context.cookies.get("_streamlit_xsrf")
+        secret = browser_secret(cookie) if isinstance(cookie, str) else None  # no cookies in a headless test run
+        st.session_state["session_token"] = hashlib.sha256(secret).hexdigest()[:32] if secret else secrets.token_urlsafe(16)
+    return st.session_state["session_token"]
+
+
+def browser_secret(cookie: str) -> bytes | None:
+    """The token inside Streamlit's XSRF cookie, the same for every response to one browser
+    (the cookie is re-masked each time: "2|mask|masked token|timestamp", as in Tornado); None
+    when the cookie is absent or not in that format."""
+    parts = cookie.strip("\"'").split("|")
+    try:
+        mask, masked = bytes.fromhex(parts[1]), bytes.fromhex(parts[2])
+    except (IndexError, ValueError):
+        return None
+    if parts[0] != "2" or len(mask) != 4 or not masked:
+        return None
+    return bytes(byte ^ mask[position % 4] for position, byte in enumerate(masked))
+
+
 def notice() -> None:
     st.warning(NOTICE, icon=":material/warning:")
 
 
 def sidebar() -> None:
     """The sidebar every page shares: the page links and the data source."""
+    session_token()
     with st.sidebar:
         for path, title, icon in PAGES:
             st.page_link(path, label=title, icon=icon)
@@ -64,7 +106,7 @@ def choose_data_source() -> None:
         try:
             folder = resolve_data_folder(text)
         except BusiError as error:
-            st.sidebar.error(str(error))
+            st.sidebar.error(literal(error))
             folder = sources[DEMO_SOURCE]
             st.sidebar.caption("Showing the demo data meanwhile.")
     else:
@@ -75,7 +117,7 @@ def choose_data_source() -> None:
 
 @st.cache_resource(show_spinner="Indexing the dataset…", max_entries=4)
 def _index(folder: str, modified: float) -> DatasetIndex:
-    return index_dataset(folder)
+    return index_dataset(folder, roots=allowed_roots())
 
 
 def index_of(folder: Path) -> DatasetIndex | None:
@@ -92,7 +134,7 @@ def dataset() -> DatasetIndex:
     try:
         return _index(folder, Path(folder).stat().st_mtime)
     except (BusiError, OSError) as error:
-        st.error(f"Cannot read the data folder '{folder}': {error}. Choose another source in the sidebar.")
+        st.error(f"Cannot read the data folder: {literal(error)} Choose another source in the sidebar.")
         st.stop()
 
 
@@ -124,7 +166,7 @@ def classifier(run: Path) -> Classifier | None:
         checkpoint = checkpoint_of(run)
         return _classifier(str(checkpoint), os.path.getmtime(checkpoint))
     except (BusiError, OSError) as error:
-        st.error(f"Cannot load the model of {run.name}: {error}")
+        st.error(f"Cannot load the model of {literal(run.name)}: {literal(error)}")
         return None
 
 
@@ -140,7 +182,7 @@ def screening(run: Path) -> ScreeningThreshold | None:
     try:
         return _screening(str(run), predictions.stat().st_mtime) if predictions.is_file() else None
     except (BusiError, OSError) as error:
-        st.warning(f"No screening threshold for this run: {error}")
+        st.warning(f"No screening threshold for this run: {literal(error)}")
         return None
 
 
@@ -159,6 +201,35 @@ def dataset_heatmap(run: Path, scan: Path, class_name: str) -> np.ndarray:
 @st.cache_data(show_spinner="Evaluating…", max_entries=8)
 def evaluation(run: str, data_dir: str | None, modified: float):
     return evaluate_run(run, data_dir=data_dir, split="all" if data_dir else "test")
+
+
+# Decoding and explaining a scan holds its frame in memory: at most this many at once, whatever
+# the number of sessions, and a visitor waits at most this long for a turn.
+PARALLEL_SCANS = 2
+SCAN_WAIT_S = 30.0
+# Side in pixels of the scans and heatmaps a session keeps for display.
+DISPLAY_SIDE = 512
+
+
+class ServerBusy(BusiError):
+    """Every turn at decoding a scan is taken; the visitor is asked to try again."""
+
+
+@st.cache_resource
+def _scan_slots() -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(PARALLEL_SCANS)
+
+
+@contextmanager
+def scan_slot() -> Iterator[None]:
+    """One of the server's few turns at decoding and explaining a scan, shared by every session."""
+    slots = _scan_slots()
+    if not slots.acquire(timeout=SCAN_WAIT_S):
+        raise ServerBusy("The server is busy with other scans: try again in a minute.")
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 @st.fragment(run_every=1.0)

@@ -38,7 +38,7 @@ data_dir = st.session_state["data_dir"] if scope.startswith("every") else None
 try:
     predictions, result = _ui.evaluation(str(run), data_dir, (run / PREDICTIONS).stat().st_mtime)
 except BusiError as error:
-    st.error(str(error))
+    st.error(_ui.literal(error))
     st.stop()
 if scope.startswith("every"):
     st.caption("Scans the run trained on are included: this shows behaviour on that folder, not an unbiased accuracy.")
@@ -85,7 +85,7 @@ if clicked is not None:
 cell = st.session_state.get("ev_cell")
 index = _ui.index_of(predictions.data_dir)
 if index is None:
-    right.warning(f"The scans are not readable at '{predictions.data_dir}' any more: the gallery cannot show them.")
+    right.warning("The run's scans are not readable where they were any more: the gallery cannot show them.")
 
 
 def show_scan(column, position: int, caption: str) -> None:
@@ -100,7 +100,7 @@ def show_scan(column, position: int, caption: str) -> None:
     try:
         heat = _ui.dataset_heatmap(run, record.path, class_name)
     except BusiError as error:
-        column.error(f"No Grad-CAM: {error}")
+        column.error(f"No Grad-CAM: {_ui.literal(error)}")
         return
     score = f", {energy_inside(heat, mask):.0%} of the heat inside the lesion" if mask is not None and mask.any() else ""
     column.image(heatmap_overlay(scan, heat), caption=f"Grad-CAM ({class_name}){score}", width="stretch")
@@ -137,7 +137,7 @@ elif index is not None and st.toggle(f"Show the {len(errors)} cases", key="ev_sh
     for position, kind in errors[:GALLERY_SIZE]:
         columns = st.columns([1, 1, 1])
         p_malignant = predictions.probabilities[position, MALIGNANT]
-        columns[2].markdown(f"**{kind}**  \n`{predictions.paths[position]}`  \ntrue {CLASSES[predictions.labels[position]]}, "
+        columns[2].markdown(f"**{kind}**  \n{_ui.literal(predictions.paths[position])}  \ntrue {CLASSES[predictions.labels[position]]}, "
                             f"predicted {CLASSES[predicted[position]]}  \np(malignant) = {p_malignant:.2f}")
         show_scan(columns[0], position, "scan with the true lesion outline")
 

@@ -72,9 +72,10 @@ else:
         st.info("Choose a PNG, JPEG, BMP or TIFF scan.")
         st.stop()
     try:
-        scan = read_scan(upload.getvalue())
+        with _ui.scan_slot():
+            scan = read_scan(upload.getvalue())
     except BusiError as error:
-        st.error(str(error))
+        st.error(_ui.literal(error))
         st.stop()
 
 with st.sidebar:
@@ -108,7 +109,7 @@ try:
     config = dataclasses.replace(STUDY, **{name: st.session_state[f"pg_{name}"] for name in config_to_dict(STUDY)})
     display = dataclasses.replace(DISPLAY, **display_values)
 except BusiError as error:
-    st.error(f"{error} Adjust the setting in the sidebar.")
+    st.error(f"{_ui.literal(error)} Adjust the setting in the sidebar.")
     st.stop()
 st.session_state[SAVED], st.session_state[SAVED_DISPLAY] = config, display
 

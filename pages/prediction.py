@@ -6,9 +6,11 @@ from busi import figures
 from busi.data import UPLOAD_TYPES, is_synthetic
 from busi.errors import BusiError
 from busi.explain import heatmap_overlay
+from busi.imageio import read_image
 from busi.jobs import active_run, start_training
 from busi.preprocess import grey_view
 from busi.recipes import RECIPES
+from busi.sources import allowed_roots
 from pages import _ui
 
 _ui.sidebar()
@@ -22,7 +24,7 @@ if not runs:
     def _start() -> None:  # a callback: the job runs before the page draws its button, which then shows it disabled
         try:
             start_training(st.session_state["data_dir"], one_click.train, one_click.preprocess, _ui.runs_dir(),
-                           name="quick-demo" if phantoms else f"{one_click.name}-{one_click.train.arch}")
+                           roots=allowed_roots(), owner=_ui.session_token(), name="quick-demo" if phantoms else f"{one_click.name}-{one_click.train.arch}")
         except BusiError as error:
             st.session_state["pr_start_error"] = str(error)
 
@@ -35,7 +37,7 @@ if not runs:
     st.button("Train a quick demo model" if phantoms else "Train our recipe on these scans", type="primary",
               key="pr_quick_train", disabled=running is not None, on_click=_start)
     if "pr_start_error" in st.session_state:
-        st.error(st.session_state.pop("pr_start_error"))
+        st.error(_ui.literal(st.session_state.pop("pr_start_error")))
     if running is not None:
         _ui.follow_progress(running)
         st.page_link("pages/training.py", label="See the training curves", icon=":material/model_training:")
@@ -66,18 +68,23 @@ for upload in uploads:
     key = (upload.file_id, str(classifier.source))
     if key not in previous:
         try:
-            previous[key] = (classifier.predict(upload.getvalue()), classifier.explain(upload.getvalue()))
+            with _ui.scan_slot():
+                pixels = read_image(upload.getvalue())  # decoded once, bounded in size, never kept
+                previous[key] = (classifier.predict(pixels), classifier.explain(pixels).shrunk(_ui.DISPLAY_SIDE))
+        except _ui.ServerBusy as error:  # shown now, tried again on the next rerun
+            results[key] = error
+            continue
         except BusiError as error:
             previous[key] = error
     results[key] = previous[key]
-st.session_state["pr_results"] = results
+st.session_state["pr_results"] = {key: outcome for key, outcome in results.items() if not isinstance(outcome, _ui.ServerBusy)}
 
 for number, upload in enumerate(uploads):
     st.divider()
-    st.subheader(upload.name)
+    st.subheader(_ui.literal(upload.name))
     outcome = results[(upload.file_id, str(classifier.source))]
     if isinstance(outcome, BusiError):
-        st.error(f"{upload.name}: {outcome}")
+        st.error(f"{_ui.literal(upload.name)}: {_ui.literal(outcome)}")
         continue
     prediction, explanation = outcome
     for warning in prediction.warnings:

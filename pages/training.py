@@ -12,9 +12,10 @@ from busi.device import describe_device
 from busi.errors import BusiError
 from busi.events import BatchEnd
 from busi.jobs import active_run, start_training, stop_training
-from busi.model import BACKBONES
+from busi.model import BACKBONES, check_weights_file
 from busi.recipes import RECIPES, recipe_names
 from busi.runs import RunFolder, list_runs
+from busi.sources import allowed_roots, resolve_weights_file
 from pages import _ui
 
 _ui.sidebar()
@@ -76,16 +77,19 @@ with st.form("training_form"):
 
 if submitted:
     try:
-        source = {"none": "none", "imagenet": "imagenet", "local file": weights_file.strip()}[pretrained]
+        source = pretrained
+        if pretrained == "local file":  # under the allowed roots, and weights of this network, before any job starts
+            source = str(resolve_weights_file(weights_file))
+            check_weights_file(arch, source)
         config = dataclasses.replace(recipe_config, arch=arch, pretrained=source, epochs=int(epochs), batch_size=int(batch_size),
                                      lr=float(lr), optimizer=optimizer, schedule=schedule, class_weighting=weighting,
                                      seed=int(seed), warmup_epochs=min(recipe_config.warmup_epochs, int(epochs) - 1))
         run = start_training(st.session_state["data_dir"], config, dataclasses.replace(preprocess, size=int(size)), runs_dir,
-                             device=device, name=f"{recipe_name}-{arch}")
+                             device=device, roots=allowed_roots(), owner=_ui.session_token(), name=f"{recipe_name}-{arch}")
         st.session_state["training_run"] = str(run)
         running = run
     except BusiError as error:
-        st.error(str(error))
+        st.error(_ui.literal(error))
 
 if running is not None:
     st.info(f"Training **{running.name}** is running. Other pages stay usable; come back any time.")
@@ -124,11 +128,14 @@ def follow(run_path) -> None:
     columns[3].metric("Device", device_text)
     if progress:
         st.progress(progress.fraction, text=progress.describe())
-    if summary.state == "running" and st.button("Stop training", key="tr_stop"):
-        stop_training(run_path)
+    mine = run.owner in ("", _ui.session_token())
+    if summary.state == "running" and not mine:
+        st.caption("Started in another browser session: you can follow it here, but only that session can stop it.")
+    if summary.state == "running" and mine and st.button("Stop training", key="tr_stop"):
+        stop_training(run_path, _ui.session_token())
         st.toast("Stopping at the next batch; a checkpoint is kept and the run can be resumed.")
     if summary.state == "failed" or summary.state == "incomplete":
-        st.error(f"The run did not finish: {summary.message}")
+        st.error(f"The run did not finish: {_ui.literal(summary.message)}")
     elif summary.state == "stopped":
         st.warning(f"The run was {summary.message}. Resume it with `python -m busi train --out {run_path} --resume`.")
     elif summary.state == "finished":

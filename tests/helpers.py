@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,3 +69,8 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     image = Image.fromarray(array)
     (image.convert(mode) if mode else image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def shown(markdown: str) -> str:
+    """What a person reads of a Markdown text: backslash escapes (CommonMark) removed."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)

@@ -14,7 +14,7 @@ from busi.jobs import active_run
 from busi.predict import load_classifier
 from busi.recipes import RECIPES
 from busi.runs import RunFolder
-from tests.helpers import open_page, png_bytes, set_validation_predictions, widget
+from tests.helpers import open_page, png_bytes, set_validation_predictions, shown, widget
 
 # -- overview --------------------------------------------------------------------------------
 
@@ -32,7 +32,7 @@ def test_overview_reports_a_wrong_folder_and_keeps_running(monkeypatch, tmp_path
     monkeypatch.setenv("BUSI_DATA", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     app = open_page("overview")
-    assert "not a BUSI dataset" in app.error[0].value and "sidebar" in app.error[0].value
+    assert "not a BUSI dataset" in shown(app.error[0].value) and "sidebar" in app.error[0].value
 
 
 def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkeypatch, synthetic_dataset, runs_with_model):
@@ -87,7 +87,7 @@ def test_playground_updates_resets_and_hands_settings_to_training(runs):
     assert config.size == 128 and not config.clahe
     widget(app, "pg_canny_low").set_value(300).run()
     widget(app, "pg_canny_high").set_value(100).run()
-    assert "canny_high" in app.error[0].value  # bad combination explained, page still up
+    assert "canny_high" in shown(app.error[0].value)  # bad combination explained, page still up
     widget(app, "pg_canny_low").set_value(50).run()
     widget(app, "pg_channels").set_value("stacked").run()
     assert not app.exception and app.session_state["playground_config"].channels == "stacked"
@@ -279,7 +279,7 @@ def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
     predicted = [m for m in app.metric if m.label == "Predicted class"]
     assert len(predicted) == 2 and all(m.value in CLASSES for m in predicted)
     assert any("coloured" in w.value for w in app.warning)
-    assert any("empty.png" in e.value and "empty" in e.value for e in app.error)
+    assert any("empty.png" in shown(e.value) and "empty" in e.value for e in app.error)
     widget(app, "pr_opacity").set_value(0.9).run()
     assert not app.exception
 
@@ -302,7 +302,7 @@ def test_prediction_shows_the_screening_threshold_and_flags_by_it(runs_with_mode
 def test_prediction_without_a_readable_screening_threshold_warns_and_still_predicts(runs_with_model):
     (runs_with_model / "20260101-000000-resnet18" / "split.csv").unlink()
     app = open_page("prediction")
-    assert any("No screening threshold" in w.value and "split.csv" in w.value for w in app.warning)
+    assert any("No screening threshold" in w.value and "split.csv" in shown(w.value) for w in app.warning)
     widget(app, "pr_uploads").set_value([("scan.png", png_bytes(synth.make_phantom("benign", 1, (96, 96))[0]), "image/png")]).run()
     assert not app.exception
     assert [m.label for m in app.metric] == ["Predicted class"]
@@ -339,3 +339,14 @@ def test_moving_the_heatmap_slider_reruns_neither_the_model_nor_grad_cam(runs_wi
     widget(app, "pr_opacity").set_value(0.2).run()
     widget(app, "pr_opacity").set_value(0.7).run()
     assert sorted(calls) == ["explain", "predict"] and not app.exception
+
+
+def test_a_browser_keeps_its_secret_across_the_cookies_streamlit_re_masks():
+    from streamlit.web.server.starlette.starlette_app_utils import generate_xsrf_token_string
+
+    from pages._ui import browser_secret
+
+    token = bytes(range(16))
+    cookies = {generate_xsrf_token_string(token, 1700000000) for _ in range(5)}
+    assert len(cookies) > 1 and {browser_secret(cookie) for cookie in cookies} == {token}
+    assert browser_secret("") is None and browser_secret("1|abc") is None and browser_secret("2|zz|yy|1") is None

@@ -22,15 +22,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import models
 
 from busi import synth
 from busi.cli import main
+from busi.data import index_dataset
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import run_predictions
 from busi.predict import load_classifier
 from busi.preprocess import PreprocessConfig
 from busi.runs import RunFolder, load_checkpoint
-from tests.helpers import open_page, png_bytes, widget
+from tests.helpers import open_page, png_bytes, shown, widget
 
 GOOD_SCAN = png_bytes(synth.make_phantom("benign", 4, (96, 96))[0])
 
@@ -137,7 +139,7 @@ def test_images_through_the_app(case, runs_with_model):
     widget(app, "pr_uploads").set_value([("scan.png", case.data, "image/png")]).run()
     assert not app.exception
     if case.error:
-        assert any("scan.png" in e.value and re.search(case.error, e.value) for e in app.error)
+        assert any("scan.png" in shown(e.value) and re.search(case.error, shown(e.value)) for e in app.error)
     else:
         assert [m.value for m in app.metric if m.label == "Predicted class"]
         if case.warning:
@@ -211,9 +213,9 @@ def _checkpoint_cases(tiny_run: Path, folder: Path) -> dict[str, tuple[Path, str
             return (exec, (f"open({str(folder / 'pwned')!r}, 'w').close()",))
 
     torch.save({"model": Payload(), "train_config": {}, "preprocess_config": {}, "classes": []}, folder / "payload.pt")
-    return {"truncated checkpoint": (truncated, "not a usable busi checkpoint"),
+    return {"truncated checkpoint": (truncated, "not a checkpoint this program can load safely"),
             "another architecture": (folder / "other-arch.pt", "do not fit a densenet121"),
-            "pickled code payload": (folder / "payload.pt", "not a usable busi checkpoint")}
+            "pickled code payload": (folder / "payload.pt", "not a checkpoint this program can load safely")}
 
 
 @pytest.mark.parametrize("name", ["truncated checkpoint", "another architecture", "pickled code payload"])
@@ -221,8 +223,10 @@ def test_bad_checkpoints_are_refused_without_running_anything(name, tiny_run, us
     path, expected = _checkpoint_cases(tiny_run, user_files)[name]
     (user_files / "scan.png").write_bytes(GOOD_SCAN)
     before = _fingerprint(user_files)
-    with pytest.raises(BusiError, match=expected):
+    with pytest.raises(BusiError, match=expected) as refusal:
         load_classifier(path)
+    # One line, and never torch's advice to load the file with its safety off.
+    assert "\n" not in str(refusal.value) and "weights_only" not in str(refusal.value)
     assert main(["predict", str(path), str(user_files / "scan.png")]) == 2
     assert re.search(expected, capsys.readouterr().err)
     assert not (user_files / "pwned").exists()
@@ -250,7 +254,7 @@ def test_invalid_preprocessing_parameters(synthetic_dataset, user_files, capsys)
     widget(app, "pg_median_ksize").set_value(0).run()
     widget(app, "pg_canny_low").set_value(400).run()
     widget(app, "pg_canny_high").set_value(10).run()
-    assert "canny_high must be between 400" in app.error[0].value and not app.exception
+    assert "canny_high must be between 400" in shown(app.error[0].value) and not app.exception
 
 
 def test_a_batch_larger_than_the_data(synthetic_dataset, user_files, capsys):
@@ -281,3 +285,157 @@ def test_training_killed_mid_epoch_leaves_a_usable_run(synthetic_dataset, tmp_pa
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert RunFolder(run).read_events()[-1].kind == "done"
+
+
+# -- the cost of a scan -----------------------------------------------------------------------
+
+def _kept_bytes(value) -> int:
+    """Bytes of the arrays inside a session's results (what stays in memory between reruns)."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_kept_bytes(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_kept_bytes(item) for item in value)
+    return sum(_kept_bytes(item) for item in vars(value).values()) if hasattr(value, "__dataclass_fields__") else 0
+
+
+def test_a_session_keeps_small_results_not_full_size_frames(runs_with_model):
+    large = png_bytes(synth.make_phantom("malignant", 6, (1800, 2400))[0])
+    app = open_page("prediction")
+    widget(app, "pr_uploads").set_value([("large.png", large, "image/png")]).run()
+    assert not app.exception and [m.value for m in app.metric if m.label == "Predicted class"]
+    # A 2400 x 1800 scan with a float heatmap at full size would keep 21 MB; a thumbnail of each, well under 2 MB.
+    assert _kept_bytes(app.session_state["pr_results"]) < 2_000_000
+
+
+def test_a_busy_server_asks_the_visitor_to_wait_and_keeps_running(runs_with_model):
+    import sys
+
+    app = open_page("prediction")
+    ui = sys.modules["pages._ui"]
+    slots = ui._scan_slots()
+    taken = [slots.acquire(timeout=5) for _ in range(ui.PARALLEL_SCANS)]  # other sessions hold every turn
+    waiting, ui.SCAN_WAIT_S = ui.SCAN_WAIT_S, 0.2
+    try:
+        widget(app, "pr_uploads").set_value([("scan.png", GOOD_SCAN, "image/png")]).run()
+        assert not app.exception and any("busy with other scans" in e.value for e in app.error)
+    finally:
+        ui.SCAN_WAIT_S = waiting
+        for held in taken:
+            if held:
+                slots.release()
+    app.run()  # a busy answer is not kept: the next rerun predicts
+    assert [m.value for m in app.metric if m.label == "Predicted class"]
+
+
+# -- paths a visitor types --------------------------------------------------------------------
+
+def _trick_folder(root: Path, synthetic_dataset: Path, outside: Path) -> Path:
+    """Under an allowed root: a dataset whose benign folder is a link to ``outside`` and whose
+    malignant folder holds, beside real scans, a link to an image outside the roots."""
+    trick = root / "trick"
+    shutil.copytree(synthetic_dataset, trick)
+    shutil.rmtree(trick / "benign")
+    (trick / "benign").symlink_to(outside, target_is_directory=True)
+    (outside / "secret.png").write_bytes(GOOD_SCAN)
+    (trick / "malignant" / "linked.png").symlink_to(outside / "secret.png")
+    return trick
+
+
+def test_links_inside_an_allowed_folder_are_followed_only_inside_the_roots(synthetic_dataset, tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    trick = _trick_folder(root, synthetic_dataset, outside)
+    index = index_dataset(trick, roots=(root.resolve(),))
+    assert not any(record.path.resolve().is_relative_to(outside.resolve()) for record in index.records)
+    assert index.class_counts() == {"benign": 0, "malignant": 6, "normal": 6}
+    skipped = sorted(f.path for f in index.findings if f.code == "outside_roots")
+    assert skipped == ["benign", "malignant/linked.png"]
+    assert not any(str(outside) in f.message for f in index.findings)  # nothing said about what lies outside
+    assert index_dataset(trick).class_counts()["malignant"] == 7  # the command line's user reads what they point at
+
+
+def test_the_dataset_page_never_lists_what_a_link_leads_to(synthetic_dataset, tmp_path, monkeypatch, runs):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    trick = _trick_folder(root, synthetic_dataset, outside)
+    monkeypatch.setenv("BUSI_ROOTS", str(root))
+    app = open_page("dataset")
+    widget(app, "data_source").select("Another folder…").run()
+    widget(app, "data_folder_text").input(str(trick)).run()
+    assert not app.exception
+    names = widget(app, "dataset_detail_scan").options
+    assert names and not any("secret" in name or "linked" in name for name in names)
+    assert all(name.startswith(("malignant/", "normal/")) for name in names)
+
+
+@pytest.mark.parametrize("typed", ["/tmp/\0evil", "/" + "a" * 5000, "~" + "x" * 300 + "/../../etc"],
+                         ids=["nul byte", "5000 characters", "long user name"])
+def test_a_typed_folder_gets_one_line_never_a_traceback(typed, runs):
+    app = open_page("overview")
+    widget(app, "data_source").select("Another folder…").run()
+    widget(app, "data_folder_text").input(typed).run()
+    assert not app.exception
+    (message,) = [e.value for e in app.sidebar.error]
+    assert "\n" not in message and len(message) < 300 and "Errno" not in message
+    assert "Synthetic demo phantoms" in app.markdown[1].value  # still serving the demo data
+
+
+def _start_with_weights(app, typed: str):
+    widget(app, "tr_recipe").select("quick").run()
+    widget(app, "tr_pretrained").select("local file")
+    widget(app, "tr_weights_file").input(typed)
+    widget(app, "tr_start").click().run()
+    assert not app.exception
+    return [e.value for e in app.error]
+
+
+def test_a_weights_file_outside_the_roots_is_refused_without_saying_whether_it_exists(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUSI_ROOTS", str(tmp_path / "allowed"))
+    app = open_page("training")
+    existing, missing = _start_with_weights(app, "/etc/hostname"), _start_with_weights(app, "/etc/no-such-file")
+    assert existing == missing and "outside the folders this app may read" in existing[0]
+    assert list(runs.iterdir()) == []  # no job started
+
+
+def test_a_weights_file_inside_the_roots_is_checked_before_a_job_starts(runs, tmp_path, monkeypatch):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "notes.pth").write_text("not weights")
+    torch.save(models.resnet50(weights=None).state_dict(), allowed / "resnet50.pth")
+    monkeypatch.setenv("BUSI_ROOTS", str(allowed))
+    app = open_page("training")
+    assert "not a weights file this program can load safely" in _start_with_weights(app, str(allowed / "notes.pth"))[0]
+    assert "do not fit resnet18" in _start_with_weights(app, str(allowed / "resnet50.pth"))[0]  # the quick recipe's
+    assert list(runs.iterdir()) == []
+
+
+# -- sessions and their jobs ------------------------------------------------------------------
+
+def test_only_the_session_that_started_a_job_may_stop_it(runs, synthetic_dataset):
+    from busi.config import TrainConfig
+    from busi.jobs import active_run, start_training, stop_training
+
+    mine = open_page("training")
+    token = mine.session_state["session_token"]
+    run = start_training(synthetic_dataset, TrainConfig(arch="resnet18", epochs=30, batch_size=2), PreprocessConfig(size=32),
+                         runs, threads=1, owner=token)
+    try:
+        other = open_page("training")
+        assert other.session_state["session_token"] != token
+        assert not [b for b in other.button if b.key == "tr_stop"]
+        assert any("only that session can stop it" in c.value for c in other.caption)
+        with pytest.raises(BusiError, match="started in another browser session"):
+            stop_training(run, owner=other.session_state["session_token"])
+        assert not (run / "STOP").exists()
+        mine.run()
+        widget(mine, "tr_stop").click().run()
+        assert (run / "STOP").exists() or RunFolder(run).state() != "running"
+    finally:
+        (run / "STOP").touch()
+        deadline = time.monotonic() + 60
+        while active_run(runs) and time.monotonic() < deadline:
+            time.sleep(0.3)

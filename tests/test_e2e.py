@@ -7,8 +7,10 @@ Skipped when Chromium or Playwright is missing, unless BUSI_REQUIRE_BROWSER is s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
+import http.server
 import os
 import re
 import shutil
@@ -17,18 +19,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+import threading
 from pathlib import Path
 
 import pytest
 
+from bench.appserver import start_app
 from busi import synth
 from tests.helpers import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 STRACE = shutil.which("strace")
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = bool(os.environ.get("BUSI_REQUIRE_BROWSER"))
 try:
     from playwright import sync_api as playwright_api
@@ -42,42 +43,17 @@ if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """``streamlit run app.py`` with its own cache, runs and temp folders; yields its URL."""
+    """The app as the project configures it; yields its URL, process and folders."""
     base = tmp_path_factory.mktemp("e2e")
-    folders = {name: base / name for name in ("cache", "runs", "tmp")}
-    for folder in folders.values():
-        folder.mkdir()
-    port = _free_port()
-    environment = os.environ | {"BUSI_CACHE": str(folders["cache"]), "BUSI_RUNS": str(folders["runs"]),
-                                "TMPDIR": str(folders["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
-    environment.pop("BUSI_DATA", None)
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                                "--server.address", "127.0.0.1", "--server.headless", "true"],
-                               cwd=base, env=environment, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start: " + (base / "server.log").read_text())
-    yield {"url": url, "base": base, "pid": process.pid, **folders}
+    try:
+        process, port, folders = start_app(base)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "base": base, "pid": process.pid, **folders}
     process.terminate()
     process.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +196,8 @@ def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, tm
     other.goto(f"{server['url']}/training")
     settle(other, "is running")
     assert other.get_by_role("button", name="Start training").is_disabled()  # read-only while the job runs
+    assert other.get_by_role("button", name="Stop training").count() == 0  # another session's job: no Stop here
+    other.get_by_text("only that session can stop it").wait_for()
 
     trainer.goto(f"{server['url']}/prediction")
     settle(trainer, "Upload one or more")
@@ -231,6 +209,39 @@ def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, tm
     # screen beside the new one for a moment; once settled there must be exactly one.
     settle(trainer, "The run was stopped", timeout=120_000)
     playwright_api.expect(trainer.get_by_text("The run was stopped")).to_have_count(1, timeout=30_000)
+
+
+def test_file_names_are_shown_as_themselves(server, browser, tmp_path):
+    requests = []
+
+    class Counting(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            requests.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    listener = http.server.HTTPServer(("127.0.0.1", 0), Counting)
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    scan = png_bytes(synth.make_phantom("benign", 14, (128, 128))[0])
+    names = [f"![t](http://127.0.0.1:{listener.server_port}/x.png).png", "[x](javascript:alert(1)).png", ":red[alarm] $x$.png"]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server['url']}/prediction")
+        settle(page, "Upload one or more")
+        page.locator("input[type=file]").set_input_files([{"name": name, "mimeType": "image/png", "buffer": scan}
+                                                          for name in names])
+        playwright_api.expect(page.get_by_text("Predicted class")).to_have_count(3, timeout=90_000)
+        settle(page, "Predicted class")
+        for name in names:  # each heading reads exactly as the file was named
+            assert page.get_by_role("heading", name=name, exact=True).count() == 1, name
+        assert page.locator("a[href^='javascript:']").count() == 0
+        page.screenshot(path=str(tmp_path / "literal-names.png"), full_page=True)
+    finally:
+        listener.shutdown()
+    assert requests == []  # no image was fetched from the link in a name
 
 
 # System calls that create a file or directory, open one for writing, or name one anew.
@@ -309,3 +320,46 @@ def test_uploads_are_never_written_to_disk_or_logged(server, browser, tmp_path):
         settle(page, "model input")
     assert written == []
     assert "patient-4711" not in (server["base"] / "server.log").read_text()
+
+
+def _websocket_status(port: int, host: str, origin: str) -> int:
+    """The HTTP status the app answers a websocket handshake with (101: the socket opens)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request.encode())
+        return int(connection.recv(1024).split(b" ", 2)[1])
+
+
+def test_a_websocket_called_by_another_name_is_refused(server):
+    port = server["port"]
+    assert _websocket_status(port, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}") == 101
+    # DNS rebinding: a page of another site whose name now points at this machine.
+    assert _websocket_status(port, f"rebound.example:{port}", f"http://rebound.example:{port}") != 101
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its network (no packet is sent), or None when it has only loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_by_default_the_app_listens_on_this_machine_only(tmp_path):
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no network address besides loopback")
+    process, port, _ = start_app(tmp_path)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        with pytest.raises(OSError):
+            socket.create_connection((outward, port), timeout=5).close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

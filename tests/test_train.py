@@ -342,7 +342,7 @@ def test_running_out_of_memory_fails_with_advice_and_keeps_the_last_epoch(synthe
 
 @pytest.mark.parametrize(
     "content, message",
-    [(b"", "not a usable busi checkpoint"), (b"PK\x03\x04truncated", "not a usable busi checkpoint")],
+    [(b"", "not a checkpoint this program can load safely"), (b"PK\x03\x04truncated", "not a checkpoint this program can load safely")],
 )
 def test_corrupt_checkpoints_are_refused(tmp_path, content, message):
     (tmp_path / "checkpoint.pt").write_bytes(content)
@@ -356,14 +356,14 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
             return (exec, ("open('" + str(tmp_path / "pwned") + "', 'w').close()",))
 
     torch.save({"model": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(BusiError, match="not a usable busi checkpoint"):
+    with pytest.raises(BusiError, match="not a checkpoint this program can load safely"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "pwned").exists()
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(BusiError, match="not a busi checkpoint"):
+    with pytest.raises(BusiError, match="not a checkpoint this program can load safely"):
         load_checkpoint(tmp_path / "other.pt")
 
 
