@@ -43,7 +43,7 @@ for start in range(0, len(shown), COLUMNS):
     for column, position in zip(st.columns(COLUMNS), shown[start : start + COLUMNS]):
         record = index.records[position]
         marks = " ⚠" if "label_conflict" in record.flags else ""
-        column.image(_ui.thumbnail(str(record.path)), caption=f"{record.name} · {record.label} · group {record.group}{marks}")
+        column.image(_ui.thumbnail(str(record.path)), caption=f"{_ui.literal(record.name)} · {record.label} · group {record.group}{marks}")
 
 st.subheader("Scan in detail")
 if not chosen:
@@ -75,7 +75,7 @@ else:
             f"{len(members)} near-duplicate(s) of this scan" + (": filed under another class (label conflict)." if conflict else "."))
         for column, member in zip(st.columns(min(len(members), COLUMNS)), members[:COLUMNS]):
             flag = " ≠ class" if member.label != record.label else ""
-            column.image(_ui.thumbnail(str(member.path)), caption=f"{member.name} · {member.label}{flag}")
+            column.image(_ui.thumbnail(str(member.path)), caption=f"{_ui.literal(member.name)} · {member.label}{flag}")
 
 st.subheader("Validation report")
 if index.findings:

@@ -119,7 +119,7 @@ with right:
         columns = st.columns(3)
         for slot, position in enumerate(rows[:GALLERY_SIZE]):
             probabilities = " · ".join(f"{c[0].upper()} {p:.2f}" for c, p in zip(CLASSES, predictions.probabilities[position]))
-            show_scan(columns[slot % 3], position, f"{predictions.paths[position]} · {probabilities}")
+            show_scan(columns[slot % 3], position, f"{_ui.literal(predictions.paths[position])} · {probabilities}")
 
 st.subheader("Curves and calibration")
 curves = st.columns(3)

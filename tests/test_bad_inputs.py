@@ -439,3 +439,17 @@ def test_only_the_session_that_started_a_job_may_stop_it(runs, synthetic_dataset
         deadline = time.monotonic() + 60
         while active_run(runs) and time.monotonic() < deadline:
             time.sleep(0.3)
+
+
+def test_scan_names_in_a_dataset_are_captioned_as_themselves(synthetic_dataset, tmp_path, monkeypatch, runs):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    crafted = "![t](http:⁄⁄evil.example⁄x.png) **b**"  # a file name cannot hold '/': the lookalike '⁄' does
+    for suffix in ("", "_mask"):
+        (data / "benign" / f"benign (1){suffix}.png").rename(data / "benign" / f"{crafted}{suffix}.png")
+    monkeypatch.setenv("BUSI_DATA", str(data))
+    app = open_page("dataset")
+    captions = [caption for image in app.image for caption in image.captions]
+    mine = [caption for caption in captions if "evil" in caption]
+    assert mine and all("![" not in caption and "**" not in caption for caption in mine)
+    assert any(shown(caption).startswith(crafted + " · benign") for caption in mine)
