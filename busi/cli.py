@@ -14,7 +14,7 @@ from pathlib import Path
 
 from busi import NOTICE, synth
 from busi.config import DEVICES, JobOptions, TrainConfig, config_to_dict, train_config_from_saved
-from busi.data import CLASSES, DatasetIndex, index_dataset
+from busi.data import CLASSES, UPLOAD_TYPES, DatasetIndex, index_dataset
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
     BOOTSTRAP_SAMPLES,
@@ -196,9 +196,15 @@ def _predict(args: argparse.Namespace) -> int:
     except BusiError as error:  # the predictions do not depend on it, so they go on without it
         screening = None
         print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
-    predictions = predict_files(classifier, image_files(args.images))
+    files = image_files(args.images)
+    if not files:
+        raise BusiError(f"No scans in {', '.join(args.images)}: give scan files ({', '.join(UPLOAD_TYPES)}) or folders "
+                        "holding them.")
+    predictions = predict_files(classifier, files)
     rows = [row | {"screening_flag": _screening_flag(row, screening)} for row in predictions]
     print(NOTICE)
+    if classifier.training_warning:
+        print(f"warning: {classifier.training_warning}")
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: error: {row['error']}", file=sys.stderr)

@@ -254,10 +254,29 @@ def to_model_tensor(images: torch.Tensor, normalisation: Normalisation = IMAGENE
 def batched_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
                    normalisation: Normalisation = IMAGENET) -> torch.Tensor:
     """Logits (N, C) on the CPU for uint8 model inputs (N, H, W[, 3]), in eval mode, without gradients."""
+    return _batched(model, images, device, batch_size, normalisation)[0]
+
+
+def batched_logits_and_features(model: nn.Module, arch: str, images: np.ndarray, device: torch.device, batch_size: int,
+                                normalisation: Normalisation = IMAGENET) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and the penultimate features (N, D) the head reads, from one pass."""
+    logits, features = _batched(model, images, device, batch_size, normalisation, model.get_submodule(backbone(arch).head))
+    return logits, features
+
+
+def _batched(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, normalisation: Normalisation,
+             head: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     model.eval()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-            outputs.append(model(to_model_tensor(batch, normalisation)).float().cpu())
-    return torch.cat(outputs) if outputs else torch.zeros((0, 0))
+    outputs, features = [], []
+    handle = head.register_forward_pre_hook(lambda module, inputs: features.append(inputs[0].flatten(1).float().cpu())) \
+        if head is not None else None
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+                outputs.append(model(to_model_tensor(batch, normalisation)).float().cpu())
+    finally:
+        if handle is not None:
+            handle.remove()
+    logits = torch.cat(outputs) if outputs else torch.zeros((0, 0))
+    return logits, (torch.cat(features) if features else torch.zeros((0, 0))) if head is not None else None

@@ -34,8 +34,9 @@ from busi.imageio import (
 )
 from busi.metrics import apply_temperature
 from busi.model import IMAGENET, Normalisation, batched_logits, build_model, last_conv_stage, to_model_tensor
+from busi.ood import Familiarity, encode
 from busi.preprocess import Pipeline, PreprocessConfig, to_scan_geometry
-from busi.runs import RunFolder, load_checkpoint
+from busi.runs import Provenance, RunFolder, load_checkpoint
 
 # Grey scans with a few coloured calipers stay far below this; photographs and Doppler do not.
 COLOUR_WARNING_FRACTION = 0.05
@@ -51,6 +52,9 @@ class Prediction:
     probabilities: dict[str, float]
     model_input: np.ndarray  # uint8 (size, size) or (size, size, 3): what the model saw
     warnings: tuple[str, ...]
+    # How unlike the training scans the scan is (busi.ood), None for models trained before it was recorded.
+    distance: float | None = None
+    unusual: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class Classifier:
         self.input_stats = state.get("input_stats", {})
         self.temperature = float(state.get("temperature", 1.0))  # fitted on validation scans when trained
         self.normalisation = Normalisation.from_dict(state["normalisation"]) if "normalisation" in state else IMAGENET
+        self.familiarity = Familiarity.from_state(state["familiarity"]) if "familiarity" in state else None
+        self.trained_on = Provenance.from_dict(state["trained_on"]) if isinstance(state.get("trained_on"), dict) else None
         self.device = torch.device(device)
         self.pipeline = Pipeline(self.preprocess)
         model = build_model(self.train_config.arch, len(self.classes))
@@ -106,8 +112,19 @@ class Classifier:
         self.model = model.to(self.device).eval()
         self._lock = threading.Lock()
 
-    def _warnings(self, model_input: np.ndarray, coloured: float) -> tuple[str, ...]:
+    @property
+    def training_warning(self) -> str | None:
+        """Said with every prediction of a model that learnt from phantoms: its answers on real scans mean nothing."""
+        if self.trained_on is None or not self.trained_on.synthetic:
+            return None
+        return (f"This model learnt from {self.trained_on.scans} synthetic phantoms, not from scans of patients: its "
+                "predictions on real scans mean nothing. Train the recommended recipe on real scans first.")
+
+    def _warnings(self, model_input: np.ndarray, coloured: float, distance: float | None) -> tuple[str, ...]:
         found = []
+        if distance is not None and distance > self.familiarity.limit:
+            found.append(f"This scan looks unlike the scans the model learnt from (a distance of {distance:.2f}, where 99 % "
+                         f"of its validation scans stay within {self.familiarity.limit:.2f}): its prediction is unreliable.")
         if coloured >= COLOUR_WARNING_FRACTION:
             found.append(f"{coloured:.0%} of the pixels are coloured; ultrasound scans are grey. This may not be a "
                          "breast ultrasound scan, so the prediction is meaningless.")
@@ -130,15 +147,25 @@ class Classifier:
             return []
         inputs = np.stack([self.pipeline.model_input(grey) for grey, _ in prepared])
         probabilities = self.probabilities(inputs, batch_size)
+        distances = self.distances([grey for grey, _ in prepared])
         return [Prediction(self.classes[int(row.argmax())], dict(zip(self.classes, map(float, row))), model_input,
-                           self._warnings(model_input, coloured))
-                for row, model_input, (_, coloured) in zip(probabilities, inputs, prepared)]
+                           self._warnings(model_input, coloured, distance), distance,
+                           distance is not None and distance > self.familiarity.limit)
+                for row, model_input, (_, coloured), distance in zip(probabilities, inputs, prepared, distances)]
 
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """float (N, C) for ready uint8 model inputs (N, size, size[, 3])."""
         with self._lock:
             logits = batched_logits(self.model, inputs, self.device, batch_size, self.normalisation)
         return torch.softmax(logits / self.temperature, 1).numpy()
+
+    def distances(self, scans: Sequence[np.ndarray]) -> list[float | None]:
+        """Each grey scan's distance from the training scans (``busi.ood``); None for a model
+        trained before they were recorded."""
+        if self.familiarity is None:
+            return [None] * len(scans)
+        with self._lock:
+            return [float(distance) for distance in self.familiarity.distance(encode(scans))]
 
     def explain(self, image: ImageInput, class_name: str | None = None) -> Explanation:
         """Grad-CAM for ``class_name`` (default: the predicted class) at the scan's resolution."""

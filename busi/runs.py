@@ -60,11 +60,13 @@ _MODEL_KEYS = frozenset({"model", "train_config", "preprocess_config", "classes"
 
 
 def model_record(weights: dict, config: TrainConfig, preprocess: PreprocessConfig, input_stats: dict[str, float],
-                 normalisation: dict[str, list[float]]) -> dict:
+                 normalisation: dict[str, list[float]], trained_on: Provenance) -> dict:
     """The checkpoint dict of a model: what prediction needs and nothing it would have to guess
-    (checkpoints written before ``normalisation`` was saved used the ImageNet statistics)."""
+    (checkpoints written before ``normalisation`` was saved used the ImageNet statistics), and
+    what it learnt from, so that a prediction can say when that was not scans of patients."""
     return {"model": weights, "train_config": config_to_dict(config), "preprocess_config": config_to_dict(preprocess),
-            "classes": list(CLASSES), "input_stats": input_stats, "normalisation": normalisation}
+            "classes": list(CLASSES), "input_stats": input_stats, "normalisation": normalisation,
+            "trained_on": trained_on.to_dict()}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -102,6 +104,17 @@ class Provenance:
     @property
     def scans(self) -> int:
         return sum(self.classes.values())
+
+    def to_dict(self) -> dict:
+        return {"folder": self.folder, "synthetic": self.synthetic, "classes": dict(self.classes), "parts": dict(self.parts)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Provenance | None:
+        """None for a record this version cannot read (the question is then unanswered, not guessed)."""
+        try:
+            return cls(str(values["folder"]), bool(values["synthetic"]), dict(values["classes"]), dict(values["parts"]))
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def describe(self) -> str:
         kind = "synthetic phantoms" if self.synthetic else "real scans"
@@ -226,7 +239,7 @@ class RunFolder:
     def write_config(self, config: TrainConfig, preprocess: PreprocessConfig, job: JobOptions, trained_on: Provenance) -> None:
         _write_json(self.file(CONFIG), {"train": config_to_dict(config), "preprocess": config_to_dict(preprocess),
                                         "job": config_to_dict(job), "classes": list(CLASSES),
-                                        "data_dir": trained_on.folder, "data": trained_on.__dict__})
+                                        "data_dir": trained_on.folder, "data": trained_on.to_dict()})
 
     def read_config(self) -> SavedConfig:
         values = _read_json(self.file(CONFIG))
@@ -399,12 +412,9 @@ class RunFolder:
         """The data the run was trained on; for runs saved before this was recorded, read back from
         their split manifest. None when neither says."""
         values = _read_json(self.file(CONFIG)) or {}
-        recorded = values.get("data")
-        if isinstance(recorded, dict):
-            try:
-                return Provenance(**recorded)
-            except TypeError:
-                pass  # written by another version: read it back from the split as for older runs
+        recorded = Provenance.from_dict(values["data"]) if isinstance(values.get("data"), dict) else None
+        if recorded:
+            return recorded
         try:
             rows = self.read_split()
             folder = Path(values["data_dir"])

@@ -31,6 +31,7 @@ from busi.events import BatchEnd, Done, EpochEnd, Event, Failed, Started, Stoppe
 from busi.lesion import LesionHead, attach_lesion_head
 from busi.metrics import apply_temperature, calibration, fit_temperature, summarise
 from busi.model import IMAGENET, Normalisation, backbone, batched_logits, build_model, to_model_tensor
+from busi.ood import Familiarity, encoded_scans
 from busi.preprocess import PreprocessConfig
 from busi.runs import Provenance, RunFolder, model_record
 from busi.split import PARTS, cross_validation_split, three_way_split
@@ -281,7 +282,7 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
                               mask_known=masks_known(index) if config.mask_weight else None, sample_weights=sample_weights)
 
     def record(model: nn.Module) -> dict:
-        return model_record(model.state_dict(), config, preprocess, stats, state.normalisation.to_dict())
+        return model_record(model.state_dict(), config, preprocess, stats, state.normalisation.to_dict(), trained_on)
 
     def save(epoch: int) -> None:
         run.save_checkpoint(record(state.model) | state.state_dict() | {"epoch": epoch})
@@ -295,22 +296,24 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
                 run.save_model(record(state.scored))
             save(state.epoch)
         elif isinstance(event, Done):
-            _write_predictions(run, state, images, labels, parts, [index.relative_path(r) for r in index.records],
-                               device, config.batch_size)
+            _write_predictions(run, state, encoded_scans(index), images, labels, parts,
+                               [index.relative_path(r) for r in index.records], device, config.batch_size)
         yield emit(event)
 
 
-def _write_predictions(run: RunFolder, training: TrainingState, images: np.ndarray, labels: np.ndarray, parts: np.ndarray,
-                       paths: list[str], device: torch.device, batch_size: int) -> None:
-    """With the kept model: temperature scaling fitted on the validation scans (saved with the
-    weights), then predictions.csv (per scan: part, true class, calibrated probabilities) and
-    metrics.json (with the calibration error before and after scaling)."""
+def _write_predictions(run: RunFolder, training: TrainingState, encoded: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                       parts: np.ndarray, paths: list[str], device: torch.device, batch_size: int) -> None:
+    """With the kept model: temperature scaling fitted on the validation scans and what the
+    training scans look like (``busi.ood``; both saved with the weights), then predictions.csv
+    (per scan: part, true class, calibrated probabilities) and metrics.json (with the
+    calibration error before and after scaling). ``encoded``: every scan's ``ood.encode``."""
     state = run.load_model()
     training.model.load_state_dict(state["model"])
     logits = batched_logits(training.model, images, device, batch_size, training.normalisation).numpy()
     validation = parts == "val"
     temperature = fit_temperature(labels[validation], logits[validation])
-    run.save_model(state | {"temperature": temperature})
+    familiarity = Familiarity.fit(encoded[parts == "train"], encoded[validation]) if validation.any() else None
+    run.save_model(state | {"temperature": temperature} | ({"familiarity": familiarity.to_state()} if familiarity else {}))
     raw, probabilities = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
     run.write_predictions(paths, parts, labels, probabilities)
     metrics: dict = {"temperature": temperature}

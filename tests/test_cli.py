@@ -228,3 +228,14 @@ def test_the_report_table_prints_the_same_rows_the_app_shows(tiny_run, capsys):
     for row in report_rows(result):
         line = next(line for line in printed if line.startswith(row["class"] + " "))
         assert line.split()[len(row["class"].split()):] == [row[column] for column in REPORT_COLUMNS[1:] if row[column]]
+
+
+def test_predict_on_a_folder_without_scans_says_so_and_fails(tiny_run, tmp_path):
+    (tmp_path / "notes.txt").write_text("no scans here")
+    result = run("predict", str(tiny_run), str(tmp_path))
+    assert result.returncode == 2 and "No scans in" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predict_with_a_phantom_model_warns_that_it_learnt_from_phantoms(tiny_run, synthetic_dataset, capsys):
+    assert main(["predict", str(tiny_run), str(synthetic_dataset / "benign" / "benign (1).png")]) == 0
+    assert "warning: This model learnt from 18 synthetic phantoms, not from scans of patients" in capsys.readouterr().out

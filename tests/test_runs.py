@@ -123,7 +123,8 @@ def _as_saved_by_the_previous_version(run):
             state = load_checkpoint(run / name)
             state["train_config"], state["preprocess_config"] = old_train(state["train_config"]), \
                 old_preprocess(state["preprocess_config"])
-            del state["normalisation"]  # ImageNet's, for every backbone there was
+            for key in ("normalisation", "trained_on", "familiarity"):  # ImageNet's normalisation, for every backbone there was
+                state.pop(key, None)
             torch.save(state, run / name)
     lines = []
     for line in (run / "events.jsonl").read_text().splitlines():
