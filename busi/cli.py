@@ -31,6 +31,7 @@ from busi.imageio import encode_png, read_mask, write_atomic
 from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
 from busi.preprocess import INPUT_CHANNELS, PreprocessConfig
 from busi.recipes import RECIPES, recipe
+from busi.report import run_report_html
 from busi.runs import RunFolder
 from busi.split import PARTS, group_kfold, three_way_split, write_manifest
 from busi.train import train
@@ -238,6 +239,12 @@ def _cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    write_atomic(args.out, run_report_html(args.run, threshold=args.threshold, scope=args.data))
+    print(f"Report written to {args.out}")
+    return 0
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -315,6 +322,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("images", nargs="+", metavar="IMAGE", help="scan files or folders of scans")
     predict_parser.add_argument("--csv", help="also write one row per scan to this CSV file")
     predict_parser.set_defaults(run_command=_predict)
+
+    report_parser = commands.add_parser("report", help="write a self-contained HTML report of a run, to hand out")
+    report_parser.add_argument("run", help="run folder")
+    report_parser.add_argument("--out", required=True, help="HTML file to write")
+    report_parser.add_argument("--data", help="score it on every scan of this dataset folder instead of its test split")
+    report_parser.add_argument("--threshold", type=_probability,
+                               help="call a scan malignant when p(malignant) reaches this (default: most probable class)")
+    report_parser.set_defaults(run_command=_report)
 
     cam = commands.add_parser("cam", help="write a Grad-CAM overlay of one scan")
     cam.add_argument("run", help="run folder or checkpoint file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +72,22 @@ def run_predictions(run: str | os.PathLike, split: str = "test") -> Predictions:
     return Predictions(data_dir, paths, table.labels[chosen], table.probabilities[chosen], scan_groups, split)
 
 
-def folder_predictions(classifier: Classifier, data_dir: str | os.PathLike, batch_size: int = 16) -> Predictions:
-    """Predictions of ``classifier`` on every scan of another dataset folder (split 'all')."""
-    index = index_dataset(data_dir)
+def folder_predictions(classifier: Classifier, data_dir: str | os.PathLike, batch_size: int = 16, *,
+                       roots: tuple[Path, ...] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> Predictions:
+    """Predictions of ``classifier`` on every scan of a dataset folder (split 'all'); ``roots``
+    confine what is read (``index_dataset``), ``progress(done, total)`` follows the scans scored."""
+    index = index_dataset(data_dir, roots=roots)
     if not index.records:
-        raise BusiError(f"No readable scans in '{data_dir}': nothing to evaluate.")
-    probabilities = classifier.probabilities(model_inputs(index, classifier.preprocess), batch_size)
-    return Predictions(index.root, [index.relative_path(r) for r in index.records], class_numbers(index), probabilities,
-                       index.groups, "all")
+        raise BusiError(f"No readable scans in '{Path(data_dir).name}': nothing to evaluate.")
+    inputs = model_inputs(index, classifier.preprocess)
+    probabilities = []
+    for start in range(0, len(inputs), batch_size):
+        probabilities.append(classifier.probabilities(inputs[start:start + batch_size], batch_size))
+        if progress:
+            progress(min(start + batch_size, len(inputs)), len(inputs))
+    return Predictions(index.root, [index.relative_path(r) for r in index.records], class_numbers(index),
+                       np.concatenate(probabilities), index.groups, "all")
 
 
 def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -150,6 +159,12 @@ class ScreeningThreshold:
     def flag(self, p_malignant: float) -> str:
         """'review' when the scan reaches the threshold, else 'none': one wording for the CLI and the app."""
         return "review" if p_malignant >= self.threshold else "none"
+
+    def explain(self, p_malignant: float) -> str:
+        """The flag in words, with the numbers that decided it."""
+        if p_malignant >= self.threshold:
+            return f"Flagged for review: p(malignant) {p_malignant:.2g}, at or above {self.threshold:.2g}"
+        return f"Not flagged: p(malignant) {p_malignant:.2g}, below {self.threshold:.2g}"
 
     def describe(self) -> str:
         """One wording for the CLI and the app."""
@@ -324,12 +339,13 @@ def format_report(result: dict) -> str:
 
 
 def evaluate_run(run: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, split: str = "test",
-                 threshold: float | None = None, samples: int = BOOTSTRAP_SAMPLES) -> tuple[Predictions, dict]:
+                 threshold: float | None = None, samples: int = BOOTSTRAP_SAMPLES,
+                 roots: tuple[Path, ...] | None = None) -> tuple[Predictions, dict]:
     """Predictions and report for a run on its own split, or on every scan of ``data_dir``."""
     if data_dir is not None:
         if split != "all":
             raise ParameterError("Another data folder has no split of this run: use --split all with --data.")
-        predictions = folder_predictions(load_classifier(run), data_dir)
+        predictions = folder_predictions(load_classifier(run), data_dir, roots=roots)
     else:
         predictions = run_predictions(run, split)
     return predictions, report(predictions.labels, predictions.probabilities, threshold=threshold,

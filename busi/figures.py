@@ -15,7 +15,10 @@ import plotly.graph_objects as go
 from busi.events import BatchEnd, EpochEnd
 
 CLASS_COLOURS = {"benign": "#2a9d8f", "malignant": "#d1495b", "normal": "#577590"}
-_LAYOUT = {"template": "plotly_white", "margin": {"l": 40, "r": 20, "t": 40, "b": 40}, "height": 340}
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "height": 380}
+# Curves keep their full width: the legend goes below the plot, not beside it.
+_LEGEND_BELOW = {"legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+                 "margin": {"l": 50, "r": 20, "t": 50, "b": 110}, "height": 460}
 
 
 def class_balance(counts: dict[str, int]) -> go.Figure:
@@ -39,7 +42,8 @@ def epoch_curves(events: Sequence[object]) -> tuple[go.Figure, go.Figure]:
     x = [e.epoch for e in epochs]
     loss = go.Figure([go.Scatter(x=x, y=[e.train_loss for e in epochs], name="train loss", mode="lines+markers"),
                       go.Scatter(x=x, y=[e.val_loss for e in epochs], name="validation loss", mode="lines+markers")])
-    loss.update_layout(title="Loss per epoch", xaxis_title="epoch", **_LAYOUT)
+    # Logarithmic: one early loss of 60 would otherwise flatten every later epoch to the floor.
+    loss.update_layout(title="Loss per epoch", xaxis_title="epoch", yaxis_type="log", **_LAYOUT)
     quality = go.Figure([
         go.Scatter(x=x, y=[e.val_accuracy for e in epochs], name="accuracy", mode="lines+markers"),
         go.Scatter(x=x, y=[e.val_macro_f1 for e in epochs], name="macro-F1", mode="lines+markers"),
@@ -53,7 +57,7 @@ def batch_loss(events: Sequence[object]) -> go.Figure:
     batches = [e for e in events if isinstance(e, BatchEnd)]
     steps = np.arange(1, len(batches) + 1)
     figure = go.Figure(go.Scatter(x=steps, y=[e.loss for e in batches], mode="lines", name="batch loss"))
-    return figure.update_layout(title="Loss per batch", xaxis_title="step", **_LAYOUT)
+    return figure.update_layout(title="Loss per batch", xaxis_title="step", yaxis_type="log", **_LAYOUT)
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
@@ -106,7 +110,7 @@ def roc_curves(roc: dict) -> go.Figure:
         figure.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {auc})",
                                     line={"color": CLASS_COLOURS.get(name)}))
     return figure.update_layout(title="ROC, one class vs the rest", xaxis_title="1 - specificity",
-                                yaxis_title="sensitivity", **_LAYOUT)
+                                yaxis_title="sensitivity", **(_LAYOUT | _LEGEND_BELOW))
 
 
 def pr_curves(pr: dict) -> go.Figure:
@@ -117,19 +121,22 @@ def pr_curves(pr: dict) -> go.Figure:
         figure.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines", name=f"{name} (AP {label})",
                                     line={"color": CLASS_COLOURS.get(name)}))
     return figure.update_layout(title="Precision-recall, one class vs the rest", xaxis_title="recall",
-                                yaxis_title="precision", **_LAYOUT)
+                                yaxis_title="precision", **(_LAYOUT | _LEGEND_BELOW))
 
 
 def reliability(calibration: dict) -> go.Figure:
     bins = [b for b in calibration["bins"] if b["count"]]
+    largest = max((b["count"] for b in bins), default=1)
     figure = go.Figure([
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="perfect calibration"),
+        # Bubble areas follow the scans in each bin, capped so that none spills out of the plot.
         go.Scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers",
-                   marker={"size": [6 + 2 * np.sqrt(b["count"]) for b in bins]}, name="model",
-                   text=[f"{b['count']} scans" for b in bins]),
+                   marker={"size": [6 + 16 * np.sqrt(b["count"] / largest) for b in bins]}, name="model",
+                   text=[f"{b['count']} scans" for b in bins], cliponaxis=False),
     ])
     return figure.update_layout(title=f"Reliability (ECE {calibration['ece']:.3f})", xaxis_title="confidence",
-                                yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1], **_LAYOUT)
+                                yaxis_title="accuracy", xaxis_range=[-0.02, 1.02], yaxis_range=[-0.04, 1.04],
+                                **(_LAYOUT | _LEGEND_BELOW))
 
 
 def probabilities(values: dict[str, float]) -> go.Figure:
@@ -137,3 +144,20 @@ def probabilities(values: dict[str, float]) -> go.Figure:
                               marker_color=[CLASS_COLOURS.get(c) for c in values],
                               text=[f"{v:.1%}" for v in values.values()], textposition="auto"))
     return figure.update_layout(title="Class probabilities", xaxis_range=[0, 1], **(_LAYOUT | {"height": 220}))
+
+
+def compared_curves(curves: dict[str, dict], kind: str) -> go.Figure:
+    """The malignant-vs-rest ROC (``kind`` "roc") or precision-recall ("pr") curve of several runs, overlaid.
+    ``curves``: run name -> that run's report's ``roc`` or ``pr`` entry for malignant."""
+    figure = go.Figure()
+    if kind == "roc":
+        figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"))
+    for name, curve in curves.items():
+        if kind == "roc":
+            figure.add_trace(go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.2f})"))
+        else:
+            figure.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                                        name=f"{name} (AP {curve['average_precision']:.2f})"))
+    titles = {"roc": ("Malignant vs the rest: ROC", "1 - specificity", "sensitivity"),
+              "pr": ("Malignant vs the rest: precision-recall", "recall", "precision")}[kind]
+    return figure.update_layout(title=titles[0], xaxis_title=titles[1], yaxis_title=titles[2], **(_LAYOUT | _LEGEND_BELOW))

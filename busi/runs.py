@@ -453,6 +453,23 @@ class RunFolder:
             return ""
 
 
+def runs_for_data(summaries: list[RunSummary], data_dir: str | os.PathLike) -> list[RunSummary]:
+    """The runs with a model that no job is training, the best for ``data_dir`` first: finished
+    before stopped, then trained on this very folder, then on the same kind of data (real scans
+    or phantoms), then by the validation macro-F1 of the epoch kept as the model."""
+    folder = Path(data_dir).resolve()
+    synthetic = is_synthetic(folder)
+
+    def rank(summary: RunSummary) -> tuple:
+        data = summary.trained_on
+        same_folder = data is not None and Path(data.folder).resolve() == folder
+        same_kind = data is not None and data.synthetic == synthetic
+        return summary.state == "finished", same_folder, same_kind, summary.model_val_macro_f1 or -1.0
+
+    usable = [summary for summary in summaries if summary.state != "running" and RunFolder(summary.path).has_model]
+    return sorted(usable, key=rank, reverse=True)
+
+
 def list_runs(runs_dir: str | os.PathLike) -> list[RunSummary]:
     """Every run folder in ``runs_dir``, newest first."""
     runs_dir = Path(runs_dir)

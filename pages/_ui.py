@@ -18,14 +18,16 @@ import numpy as np
 import streamlit as st
 
 from busi import NOTICE
-from busi.data import DatasetIndex, index_dataset
+from busi.data import CLASSES, DatasetIndex, index_dataset
 from busi.errors import BusiError
-from busi.evaluate import ScreeningThreshold, evaluate_run, screening_threshold
+from busi.evaluate import Predictions, ScreeningThreshold, folder_predictions, report, run_predictions, screening_threshold
+from busi.gallery import Gallery
 from busi.imageio import read_scan
 from busi.jobs import default_runs_dir
+from busi.metrics import MALIGNANT
 from busi.predict import Classifier, checkpoint_of, load_classifier
 from busi.preprocess import resize
-from busi.runs import PREDICTIONS, RunFolder, RunSummary, list_runs
+from busi.runs import PREDICTIONS, RunFolder, RunSummary, list_runs, runs_for_data
 from busi.sources import DEMO_SOURCE, allowed_roots, data_sources, resolve_data_folder
 
 CITATION = ("Dataset: W. Al-Dhabyani, M. Gomaa, H. Khaled, A. Fahmy, \"Dataset of breast ultrasound "
@@ -147,12 +149,46 @@ def runs_dir() -> Path:
     return default_runs_dir()
 
 
-def finished_runs() -> list[RunSummary]:
-    return [run for run in list_runs(runs_dir()) if RunFolder(run.path).has_predictions]
-
-
 def usable_runs() -> list[RunSummary]:
-    return [run for run in list_runs(runs_dir()) if run.state != "running" and RunFolder(run.path).has_model]
+    """Runs with a model, the best for the data in use first (``busi.runs.runs_for_data``)."""
+    return runs_for_data(list_runs(runs_dir()), st.session_state["data_dir"])
+
+
+def finished_runs() -> list[RunSummary]:
+    return [run for run in usable_runs() if RunFolder(run.path).has_predictions]
+
+
+def run_label(run: RunSummary) -> str:
+    """A run as pickers show it: its name, state and what it learnt from."""
+    data = run.trained_on.describe() if run.trained_on else "data not recorded"
+    state = {"finished": "finished and evaluated", "stopped": f"stopped at epoch {run.epochs_done} of {run.epochs}"}.get(
+        run.state, run.state)
+    return f"{run.name} · {state} · trained on {data}"
+
+
+def pick_run(label: str, runs: list[RunSummary], key: str) -> RunSummary:
+    """A run chosen in a picker whose choice survives page switches; the first run (the best for
+    the data in use) by default."""
+    names = [run.name for run in runs]
+    if st.session_state.get(key) not in names:
+        saved = st.session_state.get(f"saved_{key}")
+        st.session_state[key] = saved if saved in names else names[0]
+    chosen = st.selectbox(label, names, key=key, format_func=lambda name: run_label(runs[names.index(name)]))
+    st.session_state[f"saved_{key}"] = chosen
+    return runs[names.index(chosen)]
+
+
+def keep(key: str, default):
+    """Restore a widget's value saved by ``kept`` (Streamlit drops the state of widgets a page
+    does not draw, so a page switch would lose it); call before drawing the widget."""
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(f"saved_{key}", default)
+    return st.session_state[key]
+
+
+def kept(key: str) -> None:
+    """Save a drawn widget's value for ``keep``."""
+    st.session_state[f"saved_{key}"] = st.session_state[key]
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -186,21 +222,72 @@ def screening(run: Path) -> ScreeningThreshold | None:
         return None
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _heat(checkpoint: str, modified: float, scan: str, class_name: str) -> np.ndarray:
-    return _classifier(checkpoint, modified).explain(Path(scan), class_name).heat
+@st.cache_resource(max_entries=1)
+def _evaluations() -> dict:
+    """Predictions already computed on data folders, per model and folder version, shared by sessions."""
+    return {}
 
 
-def dataset_heatmap(run: Path, scan: Path, class_name: str) -> np.ndarray:
-    """Grad-CAM of a dataset scan (not an upload: those are never cached), computed once per
-    model version, scan and class rather than on every rerun of a gallery."""
+def predictions_on(run: Path, data_dir: str | None) -> Predictions:
+    """The run's predictions on its own test split, or on every scan of ``data_dir`` (computed once
+    per model and folder version, with a progress bar the first time)."""
+    if data_dir is None:
+        return _run_predictions(str(run), (run / PREDICTIONS).stat().st_mtime)
     checkpoint = checkpoint_of(run)
-    return _heat(str(checkpoint), os.path.getmtime(checkpoint), str(scan), class_name)
+    key = (str(checkpoint), checkpoint.stat().st_mtime, data_dir, Path(data_dir).stat().st_mtime)
+    store = _evaluations()
+    if key not in store:
+        model = classifier(run)
+        if model is None:
+            st.stop()
+        bar = st.progress(0.0, text="Scoring every scan of the data in use…")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total, text=f"Scoring every scan of the data in use: {done} of {total}")
+
+        store[key] = folder_predictions(model, data_dir, roots=allowed_roots(), progress=progress)
+        bar.empty()
+    return store[key]
 
 
-@st.cache_data(show_spinner="Evaluating…", max_entries=8)
-def evaluation(run: str, data_dir: str | None, modified: float):
-    return evaluate_run(run, data_dir=data_dir, split="all" if data_dir else "test")
+@st.cache_data(show_spinner=False, max_entries=8)
+def _run_predictions(run: str, modified: float) -> Predictions:
+    return run_predictions(run, "test")
+
+
+@st.cache_data(show_spinner="Computing the 95 % intervals…", max_entries=64)
+def _report(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray, threshold: float | None) -> dict:
+    return report(labels, probabilities, threshold=threshold, groups=groups)
+
+
+def report_at(predictions: Predictions, threshold: float | None) -> dict:
+    """The report of ``predictions`` at a decision threshold (None: the most probable class),
+    computed once per threshold."""
+    return _report(predictions.labels, predictions.probabilities, predictions.groups, threshold)
+
+
+@st.cache_resource(max_entries=4)
+def _gallery(checkpoint: str, modified: float, paths: tuple[str, ...], classes: tuple[tuple[str, ...], ...],
+             data_dir: str, folder_modified: float) -> Gallery:
+    index = index_of(Path(data_dir))
+    records = {index.relative_path(record): record for record in index.records}
+    present = [(records[path], wanted) for path, wanted in zip(paths, classes) if path in records]
+    return Gallery(_classifier(checkpoint, modified), [record for record, _ in present], [wanted for _, wanted in present])
+
+
+def gallery(run: Path, predictions: Predictions) -> Gallery:
+    """Grad-CAMs of the evaluated scans still in their folder (for their most probable class and for
+    malignant, the two a threshold can decide between), computed once in the background for every
+    session. The scans most wrong about malignancy come first: the missed cancers and false alarms
+    of any threshold, which the page shows first (an order that the threshold does not change, so
+    moving it reuses the same gallery)."""
+    checkpoint = checkpoint_of(run)
+    wrongness = np.abs((predictions.labels == MALIGNANT) - predictions.probabilities[:, MALIGNANT])
+    rows = [int(row) for row in np.argsort(-wrongness, kind="stable")]
+    classes = tuple(tuple(dict.fromkeys((CLASSES[int(predictions.probabilities[row].argmax())], "malignant")))
+                    for row in rows)
+    return _gallery(str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
+                    str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
 
 
 # Decoding and explaining a scan holds its frame in memory: at most this many at once, whatever

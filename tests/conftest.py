@@ -55,11 +55,12 @@ def tiny_run(synthetic_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def runs(tmp_path, monkeypatch) -> Path:
-    """An empty runs folder for the app."""
+def runs(tmp_path, tmp_path_factory, monkeypatch) -> Path:
+    """An empty runs folder for the app, which may read the tests' temporary folders (their data sets)."""
     folder = tmp_path / "runs"
     folder.mkdir()
     monkeypatch.setenv("BUSI_RUNS", str(folder))
+    monkeypatch.setenv("BUSI_ROOTS", str(tmp_path_factory.getbasetemp()))
     return folder
 
 

@@ -179,25 +179,33 @@ def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monke
 def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model):
     app = open_page("evaluation")
     labels = [m.label.split(" (95 % CI")[0] for m in app.metric]
-    assert labels[:3] == ["Accuracy", "Macro-F1", "Malignant recall"]
+    assert labels[:4] == ["Accuracy", "Macro-F1", "Sensitivity for malignant", "Specificity for malignant"]
     table = app.dataframe[0].value
     assert table["class"].tolist() == [*CLASSES, "macro avg", "weighted avg"]
     _, result = evaluate_run(runs_with_model / "20260101-000000-resnet18")  # the CLI's table, row for row
     assert table.to_dict("records") == report_rows(result) and list(table.columns) == list(REPORT_COLUMNS)
     assert not table.isin(["None", "nan"]).any().any()
     assert "Click a square" in app.info[0].value
+    assert any("Trained on** 18 synthetic phantoms" in m.value and "its 3 test scans" in m.value for m in app.markdown)
     widget(app, "ev_use_threshold").set_value(True).run()
     widget(app, "ev_threshold").set_value(0.0).run()
     assert next(m.value for m in app.metric if m.label.startswith("Sensitivity")) == "1.00"
     assert next(m.value for m in app.metric if m.label.startswith("Specificity")) == "0.00"
+    # The table above follows the same rule as the operating point: every cancer called malignant.
+    assert app.dataframe[0].value.set_index("class").loc["malignant", "recall"] == "1.00"
+    assert any("called malignant when p(malignant) ≥ 0.000" in s.value for s in app.subheader)
     app.session_state["ev_cell"] = (1, 1)  # what a click on the malignant/malignant square stores
     app.run()
     assert not app.exception
     assert any("true malignant, predicted malignant" in m.value for m in app.markdown)
     widget(app, "ev_threshold").set_value(1.0).run()  # nothing reaches 1.0: every malignant scan is missed
-    widget(app, "ev_show_errors").set_value(True).run()
     assert not app.exception
-    assert any("false negative" in m.value for m in app.markdown)
+    assert any("false negative, p(malignant)" in m.value for m in app.markdown)
+    # A page switch and back keeps the decision rule and the cell.
+    app.switch_page("pages/overview.py").run()
+    app.switch_page("pages/evaluation.py").run()
+    assert widget(app, "ev_use_threshold").value is True and widget(app, "ev_threshold").value == 1.0
+    assert app.session_state["ev_cell"] == (1, 1) and not app.exception
 
 
 def test_evaluation_applies_the_screening_threshold_on_request(runs_with_model):
@@ -350,3 +358,20 @@ def test_a_browser_keeps_its_secret_across_the_cookies_streamlit_re_masks():
     cookies = {generate_xsrf_token_string(token, 1700000000) for _ in range(5)}
     assert len(cookies) > 1 and {browser_secret(cookie) for cookie in cookies} == {token}
     assert browser_secret("") is None and browser_secret("1|abc") is None and browser_secret("2|zz|yy|1") is None
+
+
+@pytest.mark.parametrize("same_folder", [True, False])
+def test_scoring_on_the_data_in_use_says_whether_the_run_learnt_from_those_scans(runs_with_model, synthetic_dataset,
+                                                                                   monkeypatch, same_folder):
+    if same_folder:
+        monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    app = open_page("evaluation")
+    widget(app, "ev_scope").set_value("Every scan of the data in use").run()
+    assert not app.exception
+    said = " ".join(m.value for m in app.markdown)
+    if same_folder:
+        assert "all 18 scans of the data in use" in said and "it learnt from and" in said and "not an unbiased accuracy" in said
+        assert app.subheader[1].value.startswith("Classification report: 18 scans")
+    else:
+        assert "a folder other than the one it learnt from" in said and "it never saw them" in said
+        assert app.subheader[1].value.startswith(f"Classification report: {3 * synth.DEMO_PER_CLASS} scans")

@@ -20,7 +20,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "busi", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("command", ["index", "duplicates", "split", "synth", "train", "evaluate", "predict", "cam"])
+@pytest.mark.parametrize("command", ["index", "duplicates", "split", "synth", "train", "evaluate", "predict", "cam", "report"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_code:
         main([command, "--help"])

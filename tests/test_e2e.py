@@ -129,6 +129,9 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     page.screenshot(path=str(shots / "training-done.png"), full_page=True)
 
     open_page(page, server, "evaluation", "Classification report", shots, "evaluation")
+    # The run's Grad-CAMs are prepared in the background once; then every click answers at once.
+    page.get_by_text("Preparing the Grad-CAMs").wait_for(state="detached", timeout=300_000)
+    settle(page, "Classification report")
     squares = page.locator(".st-key-ev_confusion .scatterlayer .point")
     playwright_api.expect(squares).to_have_count(9, timeout=30_000)  # plotly.js draws after the script has finished
     page.locator(".st-key-ev_confusion").scroll_into_view_if_needed()
@@ -150,14 +153,14 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     (run,) = [folder for folder in server["runs"].iterdir() if folder.is_dir()]
     with open(run / "predictions.csv", newline="") as file:
         benign_tests = {row["path"] for row in csv.DictReader(file) if row["split"] == "test" and row["label"] == "benign"}
+    page.locator(".st-key-ev_confusion").scroll_into_view_if_needed()
     box = squares.nth(1).bounding_box()  # row benign, column malignant
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.get_by_text(re.compile(rf"{len(benign_tests)} scans\W+true benign, predicted malignant")).wait_for(timeout=60_000)
     settle(page, "true benign, predicted malignant")
-    scan_captions = page.locator("[data-testid='stImageCaption']").filter(has_text=" · ")
-    playwright_api.expect(scan_captions).to_have_count(len(benign_tests), timeout=60_000)  # drawn one by one
-    captions = scan_captions.all_inner_texts()
-    shown = {caption.split(" · ")[0] for caption in captions if " · " in caption}
+    cell = page.locator(".st-key-ev_cell_gallery")  # Grad-CAMs come from the background: wait for every pair
+    playwright_api.expect(cell.get_by_text("Grad-CAM for malignant")).to_have_count(len(benign_tests), timeout=120_000)
+    shown = set(re.findall(r"benign/benign \(\d+\)\.png", cell.inner_text()))
     assert shown == benign_tests, (shown, benign_tests)
     no_error_box(page)
     page.screenshot(path=str(shots / "evaluation-off-diagonal.png"), full_page=True)

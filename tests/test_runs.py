@@ -18,7 +18,7 @@ from busi.evaluate import run_predictions
 from busi.events import BatchEnd, Done, EpochEnd, Failed, Started, Stopped, event_to_json
 from busi.predict import load_classifier
 from busi.preprocess import DisplayConfig, PreprocessConfig
-from busi.runs import RunFolder, list_runs, load_checkpoint
+from busi.runs import RunFolder, list_runs, load_checkpoint, runs_for_data
 from busi.train import train
 from tests.helpers import first_prediction_row
 
@@ -196,3 +196,22 @@ def test_progress_names_the_epoch_under_way_and_the_time_left(tmp_path, epochs, 
     assert (progress.epoch, progress.batch) == (epoch, batch)
     assert progress.fraction == pytest.approx((epoch - 1 + batch / 4) / epochs) and progress.describe() == text
     assert _run_with_events(tmp_path / "fresh", [Started(1, 3, 1)]).progress() is None
+
+
+def test_the_default_model_is_the_best_finished_run_for_the_data_in_use(tmp_path, synthetic_dataset):
+    def run(name, events, folder, synthetic):
+        folder_record = {"folder": str(folder), "synthetic": synthetic, "classes": {"benign": 1}, "parts": {"test": 1}}
+        made = _run_with_events(tmp_path / name, events)
+        values = json.loads((made.path / "config.json").read_text())
+        (made.path / "config.json").write_text(json.dumps(values | {"data": folder_record, "data_dir": str(folder)}))
+        (made.path / "best.pt").write_bytes(b"a model")
+        return made.summary()
+
+    other_real = tmp_path / "other"
+    stopped = run("stopped-here", [_epoch(1, 0.9, True), Stopped(2, "stop requested")], synthetic_dataset, True)
+    weak = run("weak-here", [_epoch(1, 0.5, True), Done(1, 0.5)], synthetic_dataset, True)
+    strong = run("strong-here", [_epoch(1, 0.7, True), Done(1, 0.7)], synthetic_dataset, True)
+    elsewhere = run("best-elsewhere", [_epoch(1, 0.95, True), Done(1, 0.95)], other_real, False)
+    ranked = runs_for_data([stopped, weak, elsewhere, strong], synthetic_dataset)
+    assert [summary.name for summary in ranked] == ["strong-here", "weak-here", "best-elsewhere", "stopped-here"]
+    assert runs_for_data([stopped, weak, elsewhere, strong], other_real)[0].name == "best-elsewhere"
