@@ -4,7 +4,6 @@ import re
 
 from busi.cli import main
 from busi.evaluate import evaluate_run, report_rows
-from tests.helpers import set_validation_predictions
 
 
 def test_the_report_holds_everything_and_needs_no_network(tiny_run, tmp_path, capsys):
