@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from busi.config import JobOptions, TrainConfig
@@ -47,35 +49,55 @@ def start_training(data_dir: str | os.PathLike, config: TrainConfig, preprocess:
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
     runs_dir.mkdir(parents=True, exist_ok=True)
     job = JobOptions(device, threads or max(1, (os.cpu_count() or 2) - 1), tuple(map(str, roots)))
+    with _alone(runs_dir):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = runs_dir / f"{stamp}-{name or config.arch}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = runs_dir / f"{stamp}-{name or config.arch}-{suffix}"
+        path.mkdir()
+        run = RunFolder(path)
+        run.write_request(config, preprocess)
+        _launch(run, ["--data", str(data_dir), "--config", str(run.file(REQUEST))], job, owner, runs_dir)
+        return path
+
+
+def resume_training(run_dir: str | os.PathLike, owner: str = "", *, device: str = "auto", threads: int | None = None,
+                    roots: tuple[Path, ...] = ()) -> None:
+    """Continue a stopped run from its last checkpoint, with its saved settings, as a background job.
+    A run started by an app session can only be resumed by that session (``owner``)."""
+    run = RunFolder(run_dir)
+    if run.owner and run.owner != owner:
+        raise BusiError("This run was started in another browser session: it can be followed here, not resumed.")
+    if run.state() != "stopped":
+        raise BusiError(f"Only a stopped run can be resumed; this one is {run.state()}.")
+    runs_dir = run.path.parent
+    job = JobOptions(device, threads or max(1, (os.cpu_count() or 2) - 1), tuple(map(str, roots)))
+    with _alone(runs_dir):
+        _launch(run, ["--data", str(run.read_config().data_dir), "--resume"], job, owner or run.owner, runs_dir)
+
+
+@contextmanager
+def _alone(runs_dir: Path) -> Iterator[None]:
+    """Held while a job is launched: two sessions clicking Start at once, one wins, one is told."""
     with open(runs_dir / ".start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions clicking Start at once: one wins, one is told
+        fcntl.flock(lock, fcntl.LOCK_EX)
         current = active_run(runs_dir)
         if current:
             raise BusiError(f"A training run is already going ({current.name}): wait for it to finish or stop it first.")
-        return _launch(data_dir, config, preprocess, runs_dir, job, owner, name)
+        yield
 
 
-def _launch(data_dir, config: TrainConfig, preprocess: PreprocessConfig, runs_dir: Path, job: JobOptions, owner: str,
-            name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = runs_dir / f"{stamp}-{name or config.arch}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = runs_dir / f"{stamp}-{name or config.arch}-{suffix}"
-    path.mkdir()
-    run = RunFolder(path)
-    run.write_request(config, preprocess)
-    command = [sys.executable, "-m", "busi", "train", "--data", str(data_dir), "--out", str(path),
-               "--config", str(run.file(REQUEST)), "--device", job.device, "--threads", str(job.threads),
-               *(argument for root in job.roots for argument in ("--only-under", root))]
-    with open(run.file(LOG), "w") as log:
+def _launch(run: RunFolder, arguments: list[str], job: JobOptions, owner: str, runs_dir: Path) -> None:
+    command = [sys.executable, "-m", "busi", "train", "--out", str(run.path), *arguments, "--device", job.device,
+               "--threads", str(job.threads), *(argument for root in job.roots for argument in ("--only-under", root))]
+    with open(run.file(LOG), "a") as log:
         # A new session: the job outlives page reruns and is not killed by the app's Ctrl-C.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     run.write_job(process.pid, owner)
-    write_atomic(runs_dir / ACTIVE_FILE, json.dumps({"pid": process.pid, "run": str(path)}))
-    return path
+    write_atomic(runs_dir / ACTIVE_FILE, json.dumps({"pid": process.pid, "run": str(run.path)}))
 
 
 def stop_training(run_dir: str | os.PathLike, owner: str = "") -> None:

@@ -14,6 +14,7 @@ from busi.preprocess import PreprocessConfig
 @dataclass(frozen=True)
 class Recipe:
     name: str
+    title: str  # in plain words, for the app's menus
     summary: str
     train: TrainConfig
     preprocess: PreprocessConfig
@@ -21,7 +22,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # Chosen by group-aware cross-validation with rules fixed before the folds ran (BENCHMARKS.md).
-    Recipe("best", "Our recipe: EfficientNet-Lite0 starting from ImageNet weights (installed with the package, no "
+    Recipe("best", "Recommended: EfficientNet-Lite0 from ImageNet weights", "Our recipe: EfficientNet-Lite0 starting from ImageNet weights (installed with the package, no "
                    "network needed), fine-tuned at 224 px for 12 epochs (about 12 minutes on two CPU cores), AdamW "
                    "0.0005 with a warm-up epoch and cosine decay, weight decay 0.05, class-weighted loss with label "
                    "smoothing 0.1, ultrasound augmentation (horizontal flips, small rotations, scaling and shifts, "
@@ -29,11 +30,11 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
            TrainConfig(arch="efficientnet_lite0", pretrained="imagenet", epochs=12, batch_size=16, lr=0.0005,
                        optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup_epochs=1, class_weighting="loss",
                        label_smoothing=0.1, augment="ultrasound", keep="last"), PreprocessConfig(size=224)),
-    Recipe("study", "The study's exact recipe: ResNet-50 from scratch, SGD 0.001 with momentum 0.9, the learning rate "
+    Recipe("study", "The study's recipe: ResNet-50 from scratch", "The study's exact recipe: ResNet-50 from scratch, SGD 0.001 with momentum 0.9, the learning rate "
                     "divided by ten every 5 epochs, 10 epochs, batch 8, horizontal flips, 224 px.",
            TrainConfig(), PreprocessConfig()),
     # Each ingredient's share was measured by group-aware cross-validation (BENCHMARKS.md).
-    Recipe("scratch", "Our recipe from random weights, for machines without the pretrained ones: ResNet-18 at 128 px "
+    Recipe("scratch", "From scratch: ResNet-18, when no pretrained weights can be had", "Our recipe from random weights, for machines without the pretrained ones: ResNet-18 at 128 px "
                       "for 90 epochs (about 10 minutes on two CPU cores), AdamW 0.001 with 2 warm-up epochs and cosine "
                       "decay, weight decay 0.05, class-weighted loss with label smoothing 0.1, strong ultrasound "
                       "augmentation (horizontal flips, ±15° rotation, scale 0.8–1.25, ±10 % shift, gain 0.7–1.3, gamma "
@@ -43,7 +44,7 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
            TrainConfig(arch="resnet18", epochs=90, batch_size=16, lr=0.001, optimizer="adamw", weight_decay=0.05,
                        schedule="cosine", warmup_epochs=2, class_weighting="loss", label_smoothing=0.1, augment="strong",
                        mask_weight=1.0, mixup=0.4, keep="last"), PreprocessConfig(size=128)),
-    Recipe("quick", "A demo model for the synthetic phantoms, trained in well under two minutes on one CPU core "
+    Recipe("quick", "Quick demo model, for the synthetic phantoms only", "A demo model for the synthetic phantoms, trained in well under two minutes on one CPU core "
                     "(ResNet-18 at 64 px, 12 epochs); it knows nothing about real scans.",
            TrainConfig(arch="resnet18", epochs=12, batch_size=16, lr=0.003, optimizer="adamw", schedule="cosine",
                        weight_decay=0.01), PreprocessConfig(size=64)),

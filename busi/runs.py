@@ -382,13 +382,15 @@ class RunFolder:
         """running | finished | stopped | failed | incomplete (ended without saying why)."""
         events = self.read_events() if events is None else events
         last = events[-1] if events else None
-        if isinstance(last, ENDINGS):
-            return {Done: "finished", Stopped: "stopped", Failed: "failed"}[type(last)]
         started = [event.pid for event in events if isinstance(event, Started)]
         job = (_read_json(self.file(JOB)) or {}).get("pid")
-        # A job the app has just launched runs for a few seconds before its Started event.
-        pid = started[-1] if started else job
-        return "running" if isinstance(pid, int) and process_alive(pid) else "incomplete"
+        # A job the app has just launched (a resumption too) runs for a few seconds before its
+        # Started event; one that has reported its end is ending, whatever its process still does.
+        if isinstance(job, int) and job not in started[-1:] and process_alive(job):
+            return "running"
+        if isinstance(last, ENDINGS):
+            return {Done: "finished", Stopped: "stopped", Failed: "failed"}[type(last)]
+        return "running" if started and process_alive(started[-1]) else "incomplete"
 
     def progress(self, events: list[Event] | None = None, recent: int = 20) -> Progress | None:
         """Where the training stands (None before its first batch); the time left extrapolates

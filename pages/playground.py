@@ -53,6 +53,40 @@ st.caption("The model sees the 'model input' stage. Masks, edges, overlays and c
 for key, value in _widget_values(st.session_state.get(SAVED, STUDY), st.session_state.get(SAVED_DISPLAY, DISPLAY)).items():
     st.session_state.setdefault(key, value)
 
+# Drawn before anything can stop the page: a widget not drawn in a run loses its value (the
+# settings must survive switching to an upload, or to another page and back).
+with st.sidebar:
+    st.header("Preprocessing")
+    st.button("Reset to the study's settings", on_click=_reset, key="pg_reset")
+    st.subheader("What the model sees")
+    st.slider("Size (px)", 32, 512, step=16, key="pg_size", help="The side of the square the network is given.")
+    st.toggle("Keep the proportions (pad with black)", key="pg_keep_aspect",
+              help="Off: the scan is stretched to a square. On: scaled whole, the rest padded.")
+    st.toggle("Local contrast enhancement", key="pg_clahe", help="CLAHE: contrast-limited adaptive histogram equalisation.")
+    st.slider("Contrast limit", 0.5, 10.0, step=0.5, key="pg_clahe_clip_limit", help="CLAHE's clip limit.")
+    st.slider("Contrast tiles", 1, 16, key="pg_clahe_tile_grid", help="CLAHE's grid of tiles per side.")
+    st.select_slider("Speckle filter size (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_median_ksize",
+                     help="Median filter kernel, in pixels.")
+    st.select_slider("Smoothing size (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_gaussian_ksize",
+                     help="Gaussian filter kernel, in pixels.")
+    st.slider("Smoothing strength (0 = from its size)", 0.0, 5.0, step=0.1, key="pg_gaussian_sigma", help="Gaussian sigma.")
+    st.radio("Input channels", INPUT_CHANNELS, horizontal=True, key="pg_channels",
+             help="grey: the processed scan. stacked: the unprocessed scan (red), the processed scan (green) and "
+                  "its edges (blue) as the network's three channels.")
+    st.slider("Edge threshold, low", 0, 500, key="pg_canny_low",
+              help="Canny's lower threshold: the edge channel when the channels are stacked, else display only.")
+    st.slider("Edge threshold, high", 0, 500, key="pg_canny_high", help="Canny's upper threshold.")
+    st.subheader("Display only")
+    st.selectbox("Mask clean-up", MORPHOLOGY_OPERATIONS, key="pg_mask_operation",
+                 help="Morphology on the lesion mask: open drops specks, close fills gaps.")
+    st.select_slider("Clean-up size", [1, 3, 5, 7, 9, 11, 15], key="pg_mask_kernel", help="Morphology kernel, in pixels.")
+    st.slider("Clean-up passes", 1, 5, key="pg_mask_iterations")
+    st.color_picker("Overlay colour", key="pg_overlay_colour")
+    st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="pg_overlay_opacity")
+    st.radio("Overlay style", OVERLAY_STYLES, horizontal=True, key="pg_overlay_style")
+    st.slider("Margin around the lesion crop", 0.0, 1.0, step=0.05, key="pg_crop_margin")
+    st.toggle("Show the mirrored scan (augmentation)", key="pg_flip")
+
 index = _ui.dataset()
 source = st.radio("Scan", ["From the dataset", "Upload a scan"], horizontal=True, key="pg_source")
 scan = mask = None
@@ -77,31 +111,6 @@ else:
     except BusiError as error:
         st.error(_ui.literal(error))
         st.stop()
-
-with st.sidebar:
-    st.header("Preprocessing")
-    st.button("Reset to the study's settings", on_click=_reset, key="pg_reset")
-    st.slider("Size (px)", 32, 512, step=16, key="pg_size")
-    st.toggle("Keep aspect ratio (pad)", key="pg_keep_aspect")
-    st.toggle("CLAHE", key="pg_clahe")
-    st.slider("CLAHE clip limit", 0.5, 10.0, step=0.5, key="pg_clahe_clip_limit")
-    st.slider("CLAHE tiles", 1, 16, key="pg_clahe_tile_grid")
-    st.select_slider("Median kernel (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_median_ksize")
-    st.select_slider("Gaussian kernel (0 = off)", [0, 1, 3, 5, 7, 9, 11], key="pg_gaussian_ksize")
-    st.slider("Gaussian sigma (0 = from kernel)", 0.0, 5.0, step=0.1, key="pg_gaussian_sigma")
-    st.slider("Canny low", 0, 500, key="pg_canny_low")
-    st.slider("Canny high", 0, 500, key="pg_canny_high")
-    st.selectbox("Mask morphology", MORPHOLOGY_OPERATIONS, key="pg_mask_operation")
-    st.select_slider("Morphology kernel", [1, 3, 5, 7, 9, 11, 15], key="pg_mask_kernel")
-    st.slider("Morphology iterations", 1, 5, key="pg_mask_iterations")
-    st.color_picker("Overlay colour", key="pg_overlay_colour")
-    st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="pg_overlay_opacity")
-    st.radio("Overlay style", OVERLAY_STYLES, horizontal=True, key="pg_overlay_style")
-    st.slider("Lesion crop margin", 0.0, 1.0, step=0.05, key="pg_crop_margin")
-    st.toggle("Show horizontal flip (augmentation)", key="pg_flip")
-    st.radio("Model input channels", INPUT_CHANNELS, horizontal=True, key="pg_channels",
-             help="grey: the processed scan. stacked: the unprocessed scan (red), the processed scan (green) and "
-                  "its Canny edges (blue) as the network's three channels.")
 
 display_values = {name: st.session_state[f"pg_{name}"] for name in config_to_dict(DISPLAY)}
 display_values["overlay_colour"] = _rgb(display_values["overlay_colour"])

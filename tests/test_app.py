@@ -113,9 +113,15 @@ def test_playground_takes_an_upload_and_refuses_a_broken_one(runs):
 
 # -- training --------------------------------------------------------------------------------
 
-def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
+def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs, synthetic_dataset):
+    from busi.config import TrainConfig
+    from busi.preprocess import PreprocessConfig
+    from busi.train import train
+
+    list(train(synthetic_dataset, runs / "20260101-000000-earlier", TrainConfig(arch="resnet18", epochs=1, batch_size=4),
+               PreprocessConfig(size=32)))
     app = open_page("training")
-    assert "No runs yet" in app.info[-1].value
+    assert widget(app, "tr_follow").value == "20260101-000000-earlier"
     widget(app, "tr_arch").select("resnet18")
     widget(app, "tr_epochs").set_value(1)
     widget(app, "tr_batch_size").set_value(16)
@@ -125,6 +131,8 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs):
     assert not app.exception and not app.error
     run = active_run(runs)
     assert run is not None and "is running" in app.info[0].value
+    # The run just started is followed at once, and Start is disabled while it runs.
+    assert widget(app, "tr_follow").value == run.name and widget(app, "tr_start").disabled
     assert json.loads((run / "request.json").read_text())["preprocess"]["size"] == 32
     deadline = time.monotonic() + 120
     while active_run(runs) and time.monotonic() < deadline:
@@ -151,7 +159,7 @@ def test_choosing_a_recipe_fills_the_form(runs):
 def test_on_real_scans_the_pretrained_recipe_is_offered_first(monkeypatch, synthetic_dataset, tmp_path, runs):
     monkeypatch.setenv("BUSI_DATA", str(_real_scans(synthetic_dataset, tmp_path)))
     app = open_page("training")
-    assert widget(app, "tr_recipe").value == "best" and widget(app, "tr_recipe").options[0] == "best"
+    assert widget(app, "tr_recipe").value == "best" and widget(app, "tr_recipe").options[0] == RECIPES["best"].title
     assert widget(app, "tr_arch").value == "efficientnet_lite0" and widget(app, "tr_pretrained").value == "imagenet"
     assert any(caption.value == RECIPES["best"].summary for caption in app.caption)
 
@@ -166,7 +174,7 @@ def test_a_second_start_while_training_is_refused(runs, synthetic_dataset, monke
     try:
         app = open_page("training")
         assert widget(app, "tr_start").disabled
-        assert f"Training **{run.name}** is running" in app.info[0].value
+        assert f"Training **{run.name}** is running" in shown(app.info[0].value)
     finally:
         (run / "STOP").touch()
         deadline = time.monotonic() + 60
@@ -375,3 +383,47 @@ def test_scoring_on_the_data_in_use_says_whether_the_run_learnt_from_those_scans
     else:
         assert "a folder other than the one it learnt from" in said and "it never saw them" in said
         assert app.subheader[1].value.startswith(f"Classification report: {3 * synth.DEMO_PER_CLASS} scans")
+
+
+def test_a_stopped_run_is_resumed_by_the_session_that_started_it(runs, synthetic_dataset):
+    app = open_page("training")
+    widget(app, "tr_recipe").select("quick").run()
+    widget(app, "tr_epochs").set_value(30)
+    widget(app, "tr_batch_size").set_value(2)
+    widget(app, "tr_image_size").set_value(32)
+    widget(app, "tr_start").click().run()
+    run = active_run(runs)
+    deadline = time.monotonic() + 120
+    while not RunFolder(run).progress() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    widget(app, "tr_stop").click().run()
+    while active_run(runs) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert RunFolder(run).state() == "stopped"
+    other = open_page("training")
+    assert not [b for b in other.button if b.key == "tr_resume"]  # another session's run: no Resume
+    app.run()
+    widget(app, "tr_resume").click().run()
+    assert not app.exception and active_run(runs) == run
+    try:
+        while not any(e.kind == "started" and e.resumed for e in RunFolder(run).read_events()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert any(e.kind == "started" and e.resumed for e in RunFolder(run).read_events())
+    finally:
+        (run / "STOP").touch()
+        while active_run(runs) and time.monotonic() < deadline + 60:
+            time.sleep(0.3)
+
+
+def test_preprocessing_settings_survive_a_switch_to_an_upload_and_to_another_page(runs):
+    app = open_page("playground")
+    widget(app, "pg_size").set_value(128).run()
+    widget(app, "pg_canny_high").set_value(300).run()
+    widget(app, "pg_source").set_value("Upload a scan").run()  # no upload yet: the page waits for one
+    assert widget(app, "pg_size").value == 128 and widget(app, "pg_canny_high").value == 300
+    assert widget(app, "pg_clahe").value is True and widget(app, "pg_canny_low").value == 50
+    widget(app, "pg_source").set_value("From the dataset").run()
+    app.switch_page("pages/training.py").run()
+    app.switch_page("pages/playground.py").run()
+    assert widget(app, "pg_size").value == 128 and widget(app, "pg_canny_high").value == 300 and not app.exception
+    assert app.session_state["playground_config"].size == 128
