@@ -21,7 +21,7 @@ from tests.helpers import open_page, png_bytes, set_validation_predictions, show
 def test_overview_uses_demo_data_when_nothing_is_configured(monkeypatch, runs):
     monkeypatch.delenv("BUSI_DATA", raising=False)
     app = open_page("overview")
-    assert "Synthetic demo phantoms" in app.markdown[1].value
+    assert "Synthetic phantoms, not scans of patients." in app.markdown[1].value
     per_class = str(synth.DEMO_PER_CLASS)
     assert [m.value for m in app.metric][:4] == [str(3 * synth.DEMO_PER_CLASS), per_class, per_class, per_class]
     assert "not a medical device" in app.warning[0].value
@@ -35,13 +35,16 @@ def test_overview_reports_a_wrong_folder_and_keeps_running(monkeypatch, tmp_path
     assert "not a BUSI dataset" in shown(app.error[0].value) and "sidebar" in app.error[0].value
 
 
-def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkeypatch, synthetic_dataset, runs_with_model):
-    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+def test_overview_of_a_configured_folder_cites_the_dataset_and_lists_runs(monkeypatch, synthetic_dataset, runs_with_model,
+                                                                          tmp_path):
+    monkeypatch.setenv("BUSI_DATA", str(_real_scans(synthetic_dataset, tmp_path)))
     app = open_page("overview")
     assert [m.value for m in app.metric][:4] == ["18", "6", "6", "6"]
-    assert "Data in Brief" in app.caption[0].value
+    assert "Real breast ultrasound scans." in [m.value for m in app.markdown] and "Data in Brief" in app.caption[0].value
     runs_table = app.dataframe[0].value
-    assert runs_table["run"].tolist() == ["20260101-000000-resnet18"]
+    assert runs_table["model"].tolist() == ["20260101-000000-resnet18"]
+    assert runs_table["state"].tolist() == ["finished"] and runs_table["trained on"][0].startswith("18 synthetic phantoms (")
+    assert not any(str(tmp_path) in m.value for m in app.markdown)  # no server paths on screen, only in the expander
     done = RunFolder(runs_with_model / "20260101-000000-resnet18").read_events()[-1]
     assert (runs_table["kept epoch"].tolist(), runs_table["its validation macro-F1"].tolist()) == \
         ([done.model_epoch], [done.model_val_macro_f1])
@@ -55,7 +58,7 @@ def test_a_folder_outside_the_allowed_roots_is_refused(monkeypatch, tmp_path, ru
     widget(app, "data_folder_text").input("/etc").run()
     assert not app.exception
     assert any("outside the folders this app may read" in e.value for e in app.sidebar.error)
-    assert "Synthetic demo phantoms" in app.markdown[1].value  # still serving the demo data
+    assert "Synthetic phantoms" in app.markdown[1].value  # still serving the demo data
 
 
 # -- dataset ---------------------------------------------------------------------------------

@@ -381,7 +381,7 @@ def test_a_typed_folder_gets_one_line_never_a_traceback(typed, runs):
     assert not app.exception
     (message,) = [e.value for e in app.sidebar.error]
     assert "\n" not in message and len(message) < 300 and "Errno" not in message
-    assert "Synthetic demo phantoms" in app.markdown[1].value  # still serving the demo data
+    assert "Synthetic phantoms" in app.markdown[1].value  # still serving the demo data
 
 
 def _start_with_weights(app, typed: str):
