@@ -43,8 +43,8 @@ DATASET_FOLDER = "Dataset_BUSI_with_GT"
 # such a folder knows nothing about scans of patients, and every run says so.
 SYNTHETIC_MARKER = "SYNTHETIC-PHANTOMS.txt"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-# The file types a scan may be uploaded as, for upload widgets (no leading dot).
-UPLOAD_TYPES = tuple(sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES))
+# The file types a scan may be uploaded or predicted from (no leading dot): DICOM as well.
+UPLOAD_TYPES = tuple(sorted({suffix.lstrip(".") for suffix in IMAGE_SUFFIXES} | {"dcm"}))
 _MASK_NAME = re.compile(r"^(?P<scan>.+)_mask(?:_(?P<number>\d+))?$", re.IGNORECASE)
 # Files that operating systems and tools drop into folders; not worth a finding.
 _IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -368,6 +368,11 @@ def index_dataset(path: str | os.PathLike, *, workers: int | None = None,
     if not records:
         findings.append(Finding("error", "no_scans", str(root), f"No readable scans under '{root}'. {EXPECTED_LAYOUT}"))
     return DatasetIndex(root, records, findings)
+
+
+def natural_sorted(names: Iterable[str]) -> list[str]:
+    """Names in the order people count: "benign (2)" before "benign (10)"."""
+    return sorted(names, key=lambda name: [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)])
 
 
 def is_synthetic(root: str | os.PathLike) -> bool:

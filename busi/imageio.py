@@ -10,6 +10,7 @@ import io
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -98,13 +99,88 @@ def _to_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def read_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode a path or bytes into uint8 grey (H, W) or RGB (H, W, 3).
+def read_image(source: Source, *, max_pixels: int = MAX_PIXELS, frame: int = 0) -> np.ndarray:
+    """Decode a path or bytes into uint8 grey (H, W) or RGB (H, W, 3): a PNG, JPEG, BMP or TIFF
+    image, or a DICOM file (its ``frame``, counted from 0, when it holds several).
 
     Raises ImageError with a message naming the file and what to do when the input is empty,
     truncated, not an image, or larger than ``max_pixels``.
     """
+    if is_dicom(source):
+        return _read_dicom(source, max_pixels, frame)
     return _to_array(_open(source, max_pixels))
+
+
+# -- DICOM ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DicomFrames:
+    """What a DICOM file holds, in technical terms only: never a patient's identifiers."""
+
+    frames: int
+    rows: int
+    columns: int
+    photometric: str
+
+
+def _head(source: Source) -> bytes:
+    if isinstance(source, bytes):
+        return source[:132]
+    try:
+        with open(source, "rb") as file:
+            return file.read(132)
+    except OSError:
+        return b""
+
+
+def is_dicom(source: Source) -> bool:
+    """A DICOM file (Part 10): 128 bytes of preamble, then "DICM"."""
+    return _head(source)[128:132] == b"DICM"
+
+
+def _dicom_dataset(source: Source):
+    import pydicom  # imported on first use: most scans are not DICOM
+
+    try:
+        # The header only: the pixel data (possibly hundreds of frames) is decoded one frame at a time.
+        dataset = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source, stop_before_pixels=True)
+        return dataset, (int(dataset.Rows), int(dataset.Columns), int(getattr(dataset, "NumberOfFrames", 1) or 1),
+                         str(dataset.PhotometricInterpretation), int(getattr(dataset, "BitsStored", 8)))
+    except Exception as error:  # pydicom raises many types for damaged or partial files
+        raise ImageError(f"{_describe(source)} is not a DICOM image this program can read ({type(error).__name__}): "
+                         "export it again, or as PNG.") from None
+
+
+def dicom_frames(source: Source) -> DicomFrames | None:
+    """The frames of a DICOM file, or None when ``source`` is not DICOM."""
+    if not is_dicom(source):
+        return None
+    _, (rows, columns, frames, photometric, _) = _dicom_dataset(source)
+    return DicomFrames(frames, rows, columns, photometric)
+
+
+def _read_dicom(source: Source, max_pixels: int, frame: int) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    _, (rows, columns, frames, photometric, bits) = _dicom_dataset(source)
+    name = _describe(source)
+    if rows * columns > max_pixels:
+        raise ImageError(f"{name} is {columns}x{rows} px, over the limit of {max_pixels:,} pixels: downscale it before use.")
+    if not 0 <= frame < frames:
+        raise ImageError(f"{name} holds {frames} frame(s): choose one from 0 to {frames - 1}.")
+    try:
+        # One frame decoded; YBR colour converted to RGB on the way.
+        pixels = pixel_array(io.BytesIO(source) if isinstance(source, bytes) else source, index=frame)
+    except Exception as error:  # missing codecs, truncated pixel data
+        raise ImageError(f"{name}'s pixel data cannot be decoded here ({type(error).__name__}): export it uncompressed or as "
+                         "PNG.") from None
+    if pixels.dtype != np.uint8:  # 10- to 16-bit grey: scaled by its own depth, not stretched
+        pixels = cv2.convertScaleAbs(np.clip(pixels, 0, None).astype(np.float32), alpha=255 / (2 ** max(bits, 8) - 1))
+    if photometric == "MONOCHROME1":  # stored with 0 as white
+        pixels = 255 - pixels
+    if pixels.ndim == 3 and pixels.shape[2] not in (3,):
+        raise ImageError(f"{name} has {pixels.shape[2]} samples a pixel: expected grey or RGB.")
+    return np.ascontiguousarray(pixels)
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:

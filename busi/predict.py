@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from busi.config import train_config_from_saved
-from busi.data import IMAGE_SUFFIXES
+from busi.data import UPLOAD_TYPES
 from busi.errors import BusiError, ImageError, ParameterError
 from busi.explain import GradCam
 from busi.imageio import (
     Source,
     colour_fraction,
+    is_dicom,
     read_image,
     require_scan_size,
     to_grey,
@@ -208,8 +209,8 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                            and "_mask" not in p.stem.lower() and p.is_file())
+            found += sorted(p for p in path.rglob("*") if p.is_file() and "_mask" not in p.stem.lower()
+                            and (p.suffix.lower().lstrip(".") in UPLOAD_TYPES or (not p.suffix and is_dicom(p))))
         elif path.exists():
             found.append(path)
         else:

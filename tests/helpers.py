@@ -74,3 +74,8 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 def shown(markdown: str) -> str:
     """What a person reads of a Markdown text: backslash escapes (CommonMark) removed."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def errors_besides_the_phantom_warning(app: AppTest) -> list[str]:
+    """The page's error boxes, but for the one a phantom-trained model shows with every prediction."""
+    return [error.value for error in app.error if "learnt from" not in error.value or "synthetic phantoms" not in error.value]

@@ -289,6 +289,7 @@ def _command_of(run):
 
 def test_prediction_of_uploads_with_warnings_and_errors(runs_with_model):
     app = open_page("prediction")
+    assert app.error[0].value.startswith("This model learnt from 18 synthetic phantoms")  # said before any upload
     assert "not a medical device" in app.warning[0].value
     scan = png_bytes(synth.make_phantom("malignant", 2, (96, 96))[0])
     photo = png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8))
@@ -313,9 +314,41 @@ def test_prediction_shows_the_screening_threshold_and_flags_by_it(runs_with_mode
     assert any(f"Screening threshold: p(malignant) ≥ {threshold:.2g}," in caption.value for caption in app.caption)
     widget(app, "pr_uploads").set_value([(f"{n}.png", scan, "image/png") for n, scan in enumerate(scans)]).run()
     assert not app.exception
-    expected = ["review" if score >= threshold else "none" for score in scores]
-    assert sorted(expected) == ["none", "review"]
+    expected = ["Flagged for review" if score >= threshold else "Not flagged" for score in scores]
+    assert sorted(expected) == ["Flagged for review", "Not flagged"]
     assert [m.value for m in app.metric if m.label == "Screening flag"] == expected
+    # In words, with the numbers that decided it: in the summary table first, then beside each scan.
+    words = [f"Flagged for review: p(malignant) {score:.2g}, at or above {threshold:.2g}" if score >= threshold else
+             f"Not flagged: p(malignant) {score:.2g}, below {threshold:.2g}" for score in scores]
+    assert app.dataframe[0].value["screening"].tolist() == words
+    assert [c.value for c in app.caption if c.value.startswith(("Flagged", "Not flagged"))] == words
+
+
+def test_prediction_shows_a_summary_first_and_a_file_added_twice_once(runs_with_model):
+    scan = png_bytes(synth.make_phantom("malignant", 2, (96, 96))[0])
+    other = png_bytes(synth.make_phantom("normal", 3, (96, 96))[0])
+    app = open_page("prediction")
+    widget(app, "pr_uploads").set_value([("a.png", scan, "image/png"), ("b.png", other, "image/png"),
+                                         ("copy of a.png", scan, "image/png")]).run()
+    assert not app.exception
+    summary = app.dataframe[0].value
+    assert summary["file"].tolist() == ["a.png", "b.png"] and set(summary["called"]) <= set(CLASSES)
+    assert any("copy of a.png is the same file as a.png: shown once" in shown(c.value) for c in app.caption)
+    assert len([m for m in app.metric if m.label == "Predicted class"]) == 2
+    assert [s.value for s in app.subheader] == ["Summary", "a\\.png", "b\\.png"]
+
+
+def test_prediction_of_a_dataset_scan_shows_it_beside_its_lesion_outline(runs_with_model, synthetic_dataset, monkeypatch):
+    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    app = open_page("prediction")
+    widget(app, "pr_source").set_value("A scan of the data in use, beside its lesion outline").run()
+    options = widget(app, "pr_dataset_scan").options
+    assert options[:3] == ["benign/benign (1).png", "benign/benign (2).png", "benign/benign (3).png"]
+    widget(app, "pr_dataset_scan").select("malignant/malignant (2).png").run()
+    assert not app.exception
+    assert any("Filed as **malignant**" in m.value for m in app.markdown)
+    captions = [caption for image in app.image for caption in image.captions]
+    assert "the scan, its lesion outline in green" in captions and any("true lesion outline" in c for c in captions)
 
 
 def test_prediction_without_a_readable_screening_threshold_warns_and_still_predicts(runs_with_model):

@@ -174,3 +174,11 @@ def test_real_busi_counts_and_conflicts(real_busi):
     assert {"benign (131).png", "malignant (51).png"} <= set().union(*names)
     assert all(len({r.label for r in members}) > 1 for members in conflicts.values())
     assert len(conflicts) >= 5
+
+
+def test_names_are_sorted_the_way_people_count():
+    from busi.data import natural_sorted
+
+    names = ["benign (10).png", "benign (2).png", "Benign (1).png", "malignant (1).png", "benign (2)_mask.png"]
+    assert natural_sorted(names) == ["Benign (1).png", "benign (2).png", "benign (2)_mask.png", "benign (10).png",
+                                     "malignant (1).png"]
