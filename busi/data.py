@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,14 @@ class DatasetIndex:
                 return record
         raise DatasetError(f"'{relative_path}' is not in the dataset at '{self.root}' (moved or renamed?).")
 
+    def scan_of(self, relative_path: str) -> str | None:
+        """The scan a file of the dataset belongs to (the scan itself, or the scan of one of its
+        masks), as a relative path; None for a file that is no indexed scan's."""
+        for record in self.records:
+            if relative_path in (self.relative_path(record), *(mask.relative_to(self.root).as_posix() for mask in record.mask_paths)):
+                return self.relative_path(record)
+        return None
+
     def group_members(self, record: ScanRecord) -> list[ScanRecord]:
         """The scan's near-duplicate group, the scan itself included."""
         return [other for other in self.records if other.group == record.group]
@@ -205,9 +213,9 @@ def _inside(path: Path, roots: tuple[Path, ...] | None) -> bool:
     return any(resolved.is_relative_to(root) for root in roots)
 
 
-def _outside(path: Path, root: Path) -> Finding:
+def _outside(path: Path) -> Finding:
     # The target is not named: a visitor must learn nothing about the world outside the roots.
-    return Finding("warning", "outside_roots", str(path.relative_to(root)),
+    return Finding("warning", "outside_roots", str(path),
                    f"'{path.name}' leads outside the folders this app may read; skipped.")
 
 
@@ -217,7 +225,7 @@ def _list_files(root: Path, roots: tuple[Path, ...] | None) -> _Listing:
     folders = _class_folders(root)
     for label, folder in list(folders.items()):
         if not _inside(folder, roots):
-            findings.append(_outside(folder, root))
+            findings.append(_outside(folder))
             del folders[label]
     for child in sorted(root.iterdir()):
         if child.is_dir() and child.name.lower() not in CLASSES:
@@ -237,7 +245,7 @@ def _list_files(root: Path, roots: tuple[Path, ...] | None) -> _Listing:
             if file.name.lower() in _IGNORED_NAMES or file.name.startswith("."):
                 continue
             if not _inside(file, roots):
-                findings.append(_outside(file, root))
+                findings.append(_outside(file))
                 continue
             if file.is_dir() or file.suffix.lower() not in IMAGE_SUFFIXES:
                 findings.append(
@@ -367,7 +375,16 @@ def index_dataset(path: str | os.PathLike, *, workers: int | None = None,
         )
     if not records:
         findings.append(Finding("error", "no_scans", str(root), f"No readable scans under '{root}'. {EXPECTED_LAYOUT}"))
-    return DatasetIndex(root, records, findings)
+    return DatasetIndex(root, records, [_within(finding, root) for finding in findings])
+
+
+def _within(finding: Finding, root: Path) -> Finding:
+    """The finding with its file named relative to the dataset folder, in its path and its message:
+    a report shown to a visitor must not spell out the server's folders."""
+    path = Path(finding.path)
+    relative = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    message = finding.message.replace(str(path), relative or root.name).replace(str(root), root.name)
+    return replace(finding, path=relative or ".", message=message)
 
 
 def natural_sorted(names: Iterable[str]) -> list[str]:

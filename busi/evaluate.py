@@ -189,7 +189,7 @@ def screening_threshold(run: str | os.PathLike, target: float = SCREENING_SENSIT
     return ScreeningThreshold(threshold, target, cancers, point["sensitivity"], point["specificity"])
 
 
-def _bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
+def bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
     """Row numbers of each resample, drawing whole groups with replacement."""
     rng = np.random.default_rng(seed)
     unique, inverse = np.unique(groups, return_inverse=True)
@@ -197,7 +197,7 @@ def _bootstrap_rows(groups: np.ndarray, samples: int, seed: int) -> list[np.ndar
     return [np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))]) for _ in range(samples)]
 
 
-def _percentile_interval(values: list[float]) -> tuple[float, float]:
+def percentile_interval(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return math.nan, math.nan
@@ -216,7 +216,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
     matrix = confusion_matrix(labels, predicted)
     support, predicted_counts, hits = matrix.sum(1), matrix.sum(0), np.diag(matrix)
     f1 = f1_scores(matrix)
-    resamples = _bootstrap_rows(np.arange(len(labels)) if groups is None else np.asarray(groups), samples, seed)
+    resamples = bootstrap_rows(np.arange(len(labels)) if groups is None else np.asarray(groups), samples, seed)
     boot_f1 = np.array([f1_scores(confusion_matrix(labels[rows], predicted[rows])) for rows in resamples])
     boot_macro = [float(row[support > 0].mean()) for row in boot_f1]
 
@@ -227,7 +227,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
         per_class[name] = {
             "precision": float(precision), "precision_ci": wilson_interval(int(hits[c]), int(predicted_counts[c])),
             "recall": float(recall), "recall_ci": wilson_interval(int(hits[c]), int(support[c])),
-            "f1": float(f1[c]), "f1_ci": _percentile_interval(boot_f1[:, c].tolist()), "support": int(support[c]),
+            "f1": float(f1[c]), "f1_ci": percentile_interval(boot_f1[:, c].tolist()), "support": int(support[c]),
         }
         is_class, scores = (labels == c).astype(int), probabilities[:, c]
         if 0 < is_class.sum() < len(is_class):
@@ -236,10 +236,10 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
         else:  # one class only: the curves do not exist
             fpr = tpr = curve_precision = curve_recall = np.array([])
         roc[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": roc_auc(is_class, scores),
-                     "auc_ci": _percentile_interval([roc_auc(is_class[r], scores[r]) for r in resamples])}
+                     "auc_ci": percentile_interval([roc_auc(is_class[r], scores[r]) for r in resamples])}
         pr[name] = {"precision": curve_precision.tolist(), "recall": curve_recall.tolist(),
                     "average_precision": average_precision(is_class, scores),
-                    "average_precision_ci": _percentile_interval([average_precision(is_class[r], scores[r]) for r in resamples])}
+                    "average_precision_ci": percentile_interval([average_precision(is_class[r], scores[r]) for r in resamples])}
 
     present = support > 0
     weights = support / support.sum()
@@ -252,7 +252,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray, *, threshold: float | 
         "accuracy_ci": wilson_interval(int(hits.sum()), len(labels)),
         "macro_avg": {"precision": float(np.mean([r["precision"] for r, p in zip(rows, present) if p])),
                       "recall": float(np.mean([r["recall"] for r, p in zip(rows, present) if p])),
-                      "f1": float(f1[present].mean()), "f1_ci": _percentile_interval(boot_macro)},
+                      "f1": float(f1[present].mean()), "f1_ci": percentile_interval(boot_macro)},
         "weighted_avg": {"precision": float(sum(w * r["precision"] for w, r in zip(weights, rows))),
                          "recall": float(sum(w * (r["recall"] if p else 0) for w, r, p in zip(weights, rows, present))),
                          "f1": float((weights * f1).sum())},

@@ -39,6 +39,7 @@ PAGES = (
     ("pages/playground.py", "Preprocessing", ":material/tune:"),
     ("pages/training.py", "Training", ":material/model_training:"),
     ("pages/evaluation.py", "Evaluation", ":material/analytics:"),
+    ("pages/compare.py", "Compare runs", ":material/compare_arrows:"),
     ("pages/prediction.py", "Prediction", ":material/stethoscope:"),
 )
 
@@ -84,6 +85,9 @@ def notice() -> None:
 
 def sidebar() -> None:
     """The sidebar every page shares: the page links and the data source."""
+    # app.py sets the same, but a page opened straight from its address in a new session would
+    # otherwise be drawn in Streamlit's narrow layout (a known multipage quirk).
+    st.set_page_config(layout="wide")
     session_token()
     with st.sidebar:
         for path, title, icon in PAGES:

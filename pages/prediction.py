@@ -134,7 +134,7 @@ for digest, upload in distinct.items():
     except BusiError:
         described = None  # refused below, with the decoding's message
     if described and described.frames > 1:
-        frames[digest] = st.number_input(f"Frame of {upload.name} (of {described.frames})", 1, described.frames, 1,
+        frames[digest] = st.number_input(f"Frame of {_ui.literal(upload.name)} (of {described.frames})", 1, described.frames, 1,
                                          key=f"pr_frame_{digest[:16]}") - 1
     key = (digest, frames.get(digest, 0), str(classifier.source))
     if key not in previous:

@@ -1,7 +1,9 @@
 """Every page through Streamlit's AppTest on the demo or synthetic data."""
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +63,32 @@ def test_a_folder_outside_the_allowed_roots_is_refused(monkeypatch, tmp_path, ru
     assert "Synthetic phantoms" in app.markdown[1].value  # still serving the demo data
 
 
+def _on_screen(node) -> list[str]:
+    """The text a visitor reads on a page, but for what expanders keep folded away for engineers."""
+    from streamlit.testing.v1.element_tree import Block, Expander
+
+    if isinstance(node, Expander):
+        return []
+    if isinstance(node, Block):
+        return [text for child in node.children.values() for text in _on_screen(child)]
+    texts = [getattr(node, attribute, None) for attribute in ("label", "value", "placeholder", "help")]
+    texts += list(getattr(node, "captions", []) or [])
+    if node.type == "dataframe":
+        texts.append(node.value.to_string())
+    return [str(text) for text in texts if text is not None]
+
+
+@pytest.mark.parametrize("page", ["overview", "dataset", "playground", "training", "evaluation", "compare", "prediction"])
+def test_no_page_shows_a_server_path_or_a_setting_name(page, runs_with_model, synthetic_dataset, monkeypatch):
+    shutil.copytree(runs_with_model / "20260101-000000-resnet18", runs_with_model / "20260102-000000-resnet18")
+    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    app = open_page(page)
+    text = "\n".join(_on_screen(app.main))
+    assert len(text) > 200  # the page said something
+    for secret in (str(runs_with_model.parent), str(synthetic_dataset), str(Path.home()), "BUSI_"):
+        assert secret not in text, (secret, [line for line in text.splitlines() if secret in line])
+
+
 # -- dataset ---------------------------------------------------------------------------------
 
 def test_dataset_filters_and_details(monkeypatch, synthetic_dataset, runs):
@@ -77,6 +105,56 @@ def test_dataset_filters_and_details(monkeypatch, synthetic_dataset, runs):
     widget(app, "dataset_shared_only").set_value(True).run()  # phantoms are all distinct
     assert "0 of 18 scans match" in app.caption[0].value and "No scan matches" in app.info[-1].value
     assert not app.exception
+
+
+def test_dataset_scans_come_in_counting_order_and_open_in_detail_with_the_models_view(monkeypatch, tmp_path, runs_with_model):
+    data = synth.write_dataset(tmp_path / "eleven", per_class=11, seed=5, size=(96, 96))
+    monkeypatch.setenv("BUSI_DATA", str(data))
+    app = open_page("dataset")
+    names = widget(app, "dataset_detail_scan").options
+    assert names.index("benign/benign (2).png") < names.index("benign/benign (10).png") < names.index("malignant/malignant (1).png")
+    grid = [shown(c).split(" · group ")[0] for image in app.image for c in image.captions if " · group " in c]
+    assert grid[:3] == ["benign (1)", "benign (2)", "benign (3)"] and grid.index("benign (10)") == 9
+    [b for b in app.button if b.key.startswith("dataset_open_")][3].click().run()  # under the fourth thumbnail
+    assert widget(app, "dataset_detail_scan").value == "benign/benign (4).png"
+    assert app.dataframe[0].value["value"].tolist()[:2] == ["benign", "96 × 96"]
+    looked = next(c for image in app.image for c in image.captions if c.startswith("the model calls it "))
+    assert "p(malignant) 0." in looked and "Grad-CAM" in looked
+    assert any(c.value.startswith("Model: ") for c in app.caption)
+    assert not app.exception
+
+
+def test_dataset_report_names_files_inside_the_dataset_and_opens_the_scan_a_problem_is_about(monkeypatch, tmp_path, runs):
+    data = synth.write_dataset(tmp_path / "flawed", per_class=4, seed=5, size=(96, 96))
+    (data / "malignant" / "malignant (3)_mask.png").unlink()
+    (data / "benign" / "benign (9)_mask.png").write_bytes((data / "benign" / "benign (1)_mask.png").read_bytes())
+    monkeypatch.setenv("BUSI_DATA", str(data))
+    app = open_page("dataset")
+    report = app.dataframe[-1].value
+    assert set(report["file"]) == {"malignant/malignant (3).png", "benign/benign (9)_mask.png"}
+    assert not report["message"].str.contains(str(tmp_path)).any()
+    widget(app, "dataset_classes").set_value(["normal"]).run()  # the scan to open is filtered out
+    assert widget(app, "dataset_finding_scan").options == ["malignant/malignant (3).png"]  # an orphan mask has no scan
+    widget(app, "dataset_finding_scan").set_value("malignant/malignant (3).png").run()
+    assert widget(app, "dataset_detail_scan").value == "malignant/malignant (3).png"
+    assert widget(app, "dataset_classes").value == list(CLASSES)  # the filters cleared so that it shows
+    assert any("No usable mask" in i.value for i in app.info)
+    assert not app.exception
+
+
+def test_on_the_real_scans_a_label_conflict_opens_beside_its_twin_filed_elsewhere(monkeypatch, real_busi, runs):
+    monkeypatch.setenv("BUSI_DATA", str(real_busi))
+    app = open_page("dataset")
+    assert "663 of 663 scans match" in app.caption[0].value
+    widget(app, "dataset_flags").set_value(["label_conflict"]).run()
+    widget(app, "dataset_classes").set_value(["malignant"]).run()
+    assert "malignant/malignant (51).png" in widget(app, "dataset_detail_scan").options
+    widget(app, "dataset_detail_scan").select("malignant/malignant (51).png").run()
+    assert any("filed under another class (label conflict)" in e.value for e in app.error)
+    twin = next(b for b in app.button if b.key.startswith("dataset_twin_") and "benign (131)" in b.key)
+    twin.click().run()  # the twin is benign: the malignant filter is cleared so that it can be shown
+    assert widget(app, "dataset_detail_scan").value == "benign/benign (131).png"
+    assert app.dataframe[0].value["value"].tolist()[0] == "benign" and not app.exception
 
 
 # -- playground ------------------------------------------------------------------------------
@@ -196,7 +274,7 @@ def test_evaluation_report_threshold_and_confusion_cell_gallery(runs_with_model)
     _, result = evaluate_run(runs_with_model / "20260101-000000-resnet18")  # the CLI's table, row for row
     assert table.to_dict("records") == report_rows(result) and list(table.columns) == list(REPORT_COLUMNS)
     assert not table.isin(["None", "nan"]).any().any()
-    assert "Click a square" in app.info[0].value
+    assert any("Click a square to see those scans below" in m.value for m in app.markdown)
     assert any("Trained on** 18 synthetic phantoms" in m.value and "its 3 test scans" in m.value for m in app.markdown)
     widget(app, "ev_use_threshold").set_value(True).run()
     widget(app, "ev_threshold").set_value(0.0).run()

@@ -427,7 +427,7 @@ def test_only_the_session_that_started_a_job_may_stop_it(runs, synthetic_dataset
         other = open_page("training")
         assert other.session_state["session_token"] != token
         assert not [b for b in other.button if b.key == "tr_stop"]
-        assert any("only that session can stop it" in c.value for c in other.caption)
+        assert any("only that session can stop or resume it" in c.value for c in other.caption)
         with pytest.raises(BusiError, match="started in another browser session"):
             stop_training(run, owner=other.session_state["session_token"])
         assert not (run / "STOP").exists()
@@ -452,4 +452,4 @@ def test_scan_names_in_a_dataset_are_captioned_as_themselves(synthetic_dataset, 
     captions = [caption for image in app.image for caption in image.captions]
     mine = [caption for caption in captions if "evil" in caption]
     assert mine and all("![" not in caption and "**" not in caption for caption in mine)
-    assert any(shown(caption).startswith(crafted + " · benign") for caption in mine)
+    assert any(shown(caption).startswith(crafted + " · group") for caption in mine)
