@@ -152,27 +152,36 @@ def pager(key: str, count: int, per_page: int) -> range:
 
 
 st.subheader("Confusion matrix")
-left, right = st.columns([2, 3])
-selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",
-                              on_select="rerun", selection_mode="points")
-clicked = figures.cell_from_selection(selection.selection.points if selection else [], CLASSES)
-if clicked is not None:
-    st.session_state["ev_cell"] = clicked  # kept while the threshold or other widgets change, and across pages
-cell = st.session_state.get("ev_cell")
-with right:
-    st.write("Rows are the true classes, columns what the model called them; the red squares are its mistakes. "
-             "Click a square to see those scans below, each beside its Grad-CAM.")
-    if index is not None:
-        heatmap_progress()
-    if cell is not None and st.button("Clear the selection", key="ev_clear_cell"):
-        del st.session_state["ev_cell"]
-        st.rerun()
-with st.container(key="ev_cell_gallery"):
-    if cell is not None and index is not None:
-        rows = cell_rows(predictions.labels, predicted, *cell)
-        st.markdown(f"**{len(rows)} scans**: true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}")
-        for slot in pager("ev_cell_page", len(rows), PAIRS_PER_PAGE):
-            show_pair(int(rows[slot]), f"{slot + 1} of {len(rows)}")
+if index is not None:
+    heatmap_progress()
+
+
+@st.fragment
+def confusion_cell() -> None:
+    """The matrix and the scans of the square clicked: a click reruns this part only, so the
+    report, curves and cases above and below are not drawn again."""
+    left, right = st.columns([2, 3])
+    selection = left.plotly_chart(figures.confusion_matrix(point["confusion_matrix"], CLASSES), key="ev_confusion",
+                                  on_select="rerun", selection_mode="points")
+    clicked = figures.cell_from_selection(selection.selection.points if selection else [], CLASSES)
+    if clicked is not None:
+        st.session_state["ev_cell"] = clicked  # kept while the threshold or other widgets change, and across pages
+    cell = st.session_state.get("ev_cell")
+    with right:
+        st.write("Rows are the true classes, columns what the model called them; the red squares are its mistakes. "
+                 "Click a square to see those scans below, each beside its Grad-CAM.")
+        if cell is not None and st.button("Clear the selection", key="ev_clear_cell"):
+            del st.session_state["ev_cell"]
+            st.rerun(scope="fragment")
+    with st.container(key="ev_cell_gallery"):
+        if cell is not None and index is not None:
+            rows = cell_rows(predictions.labels, predicted, *cell)
+            st.markdown(f"**{len(rows)} scans**: true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}")
+            for slot in pager("ev_cell_page", len(rows), PAIRS_PER_PAGE):
+                show_pair(int(rows[slot]), f"{slot + 1} of {len(rows)}")
+
+
+confusion_cell()
 
 st.subheader("Curves and calibration")
 curves = st.columns(3)
@@ -183,14 +192,22 @@ curves[2].plotly_chart(figures.reliability(result["calibration"]), key="ev_relia
 st.subheader("Misclassified malignant cases")
 st.caption("Missed cancers (false negatives) first, the most confidently wrong on top; then scans wrongly called "
            "malignant. Grad-CAM of the class the model chose, the true lesion outline on both.")
-if not misclassified:
-    st.success("No malignant errors with this decision rule.")
-elif index is not None:
-    st.write(f"{sum(kind == 'false negative' for _, kind in misclassified)} missed cancers, "
-             f"{sum(kind == 'false positive' for _, kind in misclassified)} false alarms.")
-    for slot in pager("ev_cases_page", len(misclassified), CASES_PER_PAGE):
-        position, kind = misclassified[slot]
-        show_pair(position, f"{kind}, p(malignant) {predictions.probabilities[position, MALIGNANT]:.2f}")
+
+
+@st.fragment
+def misclassified_cases() -> None:
+    """The cases, paged: turning a page reruns this part only."""
+    if not misclassified:
+        st.success("No malignant errors with this decision rule.")
+    elif index is not None:
+        st.write(f"{sum(kind == 'false negative' for _, kind in misclassified)} missed cancers, "
+                 f"{sum(kind == 'false positive' for _, kind in misclassified)} false alarms.")
+        for slot in pager("ev_cases_page", len(misclassified), CASES_PER_PAGE):
+            position, kind = misclassified[slot]
+            show_pair(position, f"{kind}, p(malignant) {predictions.probabilities[position, MALIGNANT]:.2f}")
+
+
+misclassified_cases()
 
 st.subheader("Export")
 rows = [{"path": path, "label": CLASSES[label], "predicted": CLASSES[guess],
