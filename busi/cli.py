@@ -8,11 +8,13 @@ import json
 import signal
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from busi import NOTICE, synth
+from busi.archive import ARCHIVE_BATCH, predict_archive, screening_flag
 from busi.config import DEVICES, JobOptions, TrainConfig, config_to_dict, train_config_from_saved
 from busi.data import CLASSES, UPLOAD_TYPES, DatasetIndex, index_dataset
 from busi.errors import BusiError, ParameterError
@@ -28,7 +30,7 @@ from busi.evaluate import (
 from busi.events import BatchEnd, Done, EpochEnd, Failed, Started, Stopped
 from busi.explain import energy_inside, heatmap_overlay
 from busi.imageio import encode_png, read_mask, write_atomic
-from busi.predict import image_files, load_classifier, predict_files, write_rows_csv
+from busi.predict import Classifier, image_files, load_classifier, predict_files
 from busi.preprocess import INPUT_CHANNELS, PreprocessConfig
 from busi.recipes import RECIPES, recipe
 from busi.report import run_report_html
@@ -183,11 +185,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _screening_flag(row: dict[str, str], screening: ScreeningThreshold | None) -> str:
-    """'review' or 'none'; empty where the scan could not be read or the run has no threshold."""
-    if screening is None or row["error"]:
-        return ""
-    return screening.flag(float(row["p_malignant"]))
+# Seconds between progress lines of a long prediction: a log, not a flood.
+PROGRESS_EVERY = 5.0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -197,15 +196,16 @@ def _predict(args: argparse.Namespace) -> int:
     except BusiError as error:  # the predictions do not depend on it, so they go on without it
         screening = None
         print(f"warning: no screening threshold for this run: {error}", file=sys.stderr)
+    print(NOTICE)
+    if classifier.training_warning:
+        print(f"warning: {classifier.training_warning}")
+    if args.csv:
+        return _predict_archive(args, classifier, screening)
     files = image_files(args.images)
     if not files:
         raise BusiError(f"No scans in {', '.join(args.images)}: give scan files ({', '.join(UPLOAD_TYPES)}) or folders "
                         "holding them.")
-    predictions = predict_files(classifier, files)
-    rows = [row | {"screening_flag": _screening_flag(row, screening)} for row in predictions]
-    print(NOTICE)
-    if classifier.training_warning:
-        print(f"warning: {classifier.training_warning}")
+    rows = [row | {"screening_flag": screening_flag(row, screening)} for row in predict_files(classifier, files)]
     for row in rows:
         if row["error"]:
             print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
@@ -217,10 +217,24 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"  warning: {warning}")
     if screening:
         print(screening.describe())
-    if args.csv:
-        write_rows_csv(args.csv, rows)
-        print(f"Predictions written to {args.csv}")
     return 2 if any(row["error"] for row in rows) else 0
+
+
+def _predict_archive(args: argparse.Namespace, classifier: Classifier, screening: ScreeningThreshold | None) -> int:
+    """Many scans into a CSV: streamed, resumable, with progress on stderr (busi.archive)."""
+    last_report = 0.0
+    progress = None
+    for progress in predict_archive(classifier, args.images, args.csv, screening=screening, batch_size=args.batch_size,
+                                    workers=args.workers):
+        if progress.done == progress.total or time.monotonic() - last_report >= PROGRESS_EVERY:
+            print(progress.describe(), file=sys.stderr, flush=True)
+            last_report = time.monotonic()
+    if screening:
+        print(screening.describe())
+    print(f"Predictions written to {args.csv}: {progress.done} scans by this run"
+          + (f", {progress.skipped} already there" if progress.skipped else "")
+          + (f"; {progress.errors} could not be read (their rows say why)" if progress.errors else "") + ".")
+    return 2 if progress.errors else 0
 
 
 def _cam(args: argparse.Namespace) -> int:
@@ -320,7 +334,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict_parser = commands.add_parser("predict", help="classify scans with a trained run")
     predict_parser.add_argument("run", help="run folder or checkpoint file")
     predict_parser.add_argument("images", nargs="+", metavar="IMAGE", help="scan files or folders of scans")
-    predict_parser.add_argument("--csv", help="also write one row per scan to this CSV file")
+    predict_parser.add_argument("--csv", help="write one row per scan to this CSV file instead of printing them: folders "
+                                "are walked with their subfolders, scans streamed in batches with progress on stderr, and "
+                                "an interrupted run resumes (scans already in the file are skipped)")
+    predict_parser.add_argument("--batch-size", type=int, default=ARCHIVE_BATCH, help="scans per batch with --csv")
+    predict_parser.add_argument("--workers", type=int, default=2, help="threads decoding scans with --csv")
     predict_parser.set_defaults(run_command=_predict)
 
     report_parser = commands.add_parser("report", help="write a self-contained HTML report of a run, to hand out")

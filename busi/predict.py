@@ -59,6 +59,15 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A scan ready for the model (``Classifier.prepare``)."""
+
+    grey: np.ndarray  # uint8 (H, W)
+    coloured: float  # the fraction of clearly coloured pixels it came with
+    model_input: np.ndarray
+
+
+@dataclass(frozen=True)
 class Explanation:
     class_name: str
     heat: np.ndarray  # float32 (H, W) in [0, 1] over the original scan
@@ -143,16 +152,24 @@ class Classifier:
 
     def predict_many(self, images: Sequence[ImageInput], batch_size: int = 16) -> list[Prediction]:
         """Predictions in order; raises on the first unreadable image (see ``predict_files``)."""
-        prepared = [_as_grey(image) for image in images]
+        return self.predict_prepared([self.prepare(image) for image in images], batch_size)
+
+    def prepare(self, image: ImageInput) -> Prepared:
+        """A scan decoded and preprocessed for the model: the part of a prediction that needs no
+        model, safe to run in worker threads (``busi.archive`` does); raises ImageError."""
+        grey, coloured = _as_grey(image)
+        return Prepared(grey, coloured, self.pipeline.model_input(grey))
+
+    def predict_prepared(self, prepared: Sequence[Prepared], batch_size: int = 16) -> list[Prediction]:
         if not prepared:
             return []
-        inputs = np.stack([self.pipeline.model_input(grey) for grey, _ in prepared])
+        inputs = np.stack([scan.model_input for scan in prepared])
         probabilities = self.probabilities(inputs, batch_size)
-        distances = self.distances([grey for grey, _ in prepared])
-        return [Prediction(self.classes[int(row.argmax())], dict(zip(self.classes, map(float, row))), model_input,
-                           self._warnings(model_input, coloured, distance), distance,
+        distances = self.distances([scan.grey for scan in prepared])
+        return [Prediction(self.classes[int(row.argmax())], dict(zip(self.classes, map(float, row))), scan.model_input,
+                           self._warnings(scan.model_input, scan.coloured, distance), distance,
                            distance is not None and distance > self.familiarity.limit)
-                for row, model_input, (_, coloured), distance in zip(probabilities, inputs, prepared, distances)]
+                for row, scan, distance in zip(probabilities, prepared, distances)]
 
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """float (N, C) for ready uint8 model inputs (N, size, size[, 3])."""
@@ -204,13 +221,18 @@ def predict(run: str | os.PathLike | Classifier, image: ImageInput) -> Predictio
     return classifier.predict(image)
 
 
+def is_scan_file(path: Path) -> bool:
+    """Whether a file found in a folder is a scan to classify: an image or DICOM file, not a mask."""
+    return ("_mask" not in path.stem.lower() and not path.name.startswith(".")
+            and (path.suffix.lower().lstrip(".") in UPLOAD_TYPES or (not path.suffix and is_dicom(path))))
+
+
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given, and the scans inside folders (recursively, masks left out), in order."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and "_mask" not in p.stem.lower()
-                            and (p.suffix.lower().lstrip(".") in UPLOAD_TYPES or (not p.suffix and is_dicom(p))))
+            found += sorted(p for p in path.rglob("*") if p.is_file() and is_scan_file(p))
         elif path.exists():
             found.append(path)
         else:
@@ -218,21 +240,28 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def prediction_row(path: str, outcome: Prediction | BusiError, classes: Sequence[str]) -> dict[str, str]:
+    """One CSV row: the scan, its class and probabilities and warnings, or the error that stopped it."""
+    row = {"path": path, "label": "", **{f"p_{c}": "" for c in classes}, "warnings": "", "error": ""}
+    if isinstance(outcome, BusiError):
+        row["error"] = str(outcome)
+    else:
+        row["label"] = outcome.label
+        row |= {f"p_{c}": f"{p:.6f}" for c, p in outcome.probabilities.items()}
+        row["warnings"] = " | ".join(outcome.warnings)
+    return row
+
+
 def predict_files(classifier: Classifier, paths: Sequence[Path]) -> list[dict[str, str]]:
     """One CSV row per file; an unreadable file gets its error in the row instead of stopping
     the batch."""
     rows = []
     for path in paths:
-        row = {"path": str(path), "label": "", **{f"p_{c}": "" for c in classifier.classes}, "warnings": "", "error": ""}
         try:
-            prediction = classifier.predict(path)
+            outcome = classifier.predict(path)
         except ImageError as error:
-            row["error"] = str(error)
-        else:
-            row["label"] = prediction.label
-            row |= {f"p_{c}": f"{p:.6f}" for c, p in prediction.probabilities.items()}
-            row["warnings"] = " | ".join(prediction.warnings)
-        rows.append(row)
+            outcome = error
+        rows.append(prediction_row(str(path), outcome, classifier.classes))
     return rows
 
 

@@ -115,16 +115,26 @@ def test_evaluate_prints_the_table_and_writes_strict_json(tiny_run, synthetic_da
     assert "18 scans" in out and "p(malignant) >= 0.30" in out
 
 
-def test_predict_writes_csv_and_reports_unreadable_files(tiny_run, synthetic_dataset, tmp_path, capsys):
+def test_predict_prints_each_scan_and_reports_unreadable_files(tiny_run, synthetic_dataset, tmp_path, capsys):
+    (tmp_path / "bad.png").write_text("not an image")
+    code = main(["predict", str(tiny_run), str(synthetic_dataset / "malignant"), str(tmp_path / "bad.png")])
+    captured = capsys.readouterr()
+    assert code == 2 and "not a medical device" in captured.out
+    assert captured.out.count("malignant (") == 6 and "bad.png: error:" in captured.err
+
+
+def test_predict_into_a_csv_writes_every_scan_and_the_unreadable_ones_with_their_error(tiny_run, synthetic_dataset,
+                                                                                      tmp_path, capsys):
     (tmp_path / "bad.png").write_text("not an image")
     code = main(["predict", str(tiny_run), str(synthetic_dataset / "malignant"), str(tmp_path / "bad.png"),
                  "--csv", str(tmp_path / "p.csv")])
     captured = capsys.readouterr()
     assert code == 2 and "not a medical device" in captured.out
-    assert captured.out.count("malignant (") == 6 and "bad.png: error:" in captured.err
+    assert "7 scans by this run; 1 could not be read" in captured.out and "7 of 7 scans" in captured.err
     with open(tmp_path / "p.csv", newline="") as file:
-        flags = {Path(row["path"]).name: row["screening_flag"] for row in csv.DictReader(file)}
-    assert len(flags) == 7 and flags.pop("bad.png") == "" and set(flags.values()) <= {"review", "none"}
+        rows = {Path(row["path"]).name: row for row in csv.DictReader(file)}
+    assert len(rows) == 7 and rows["bad.png"]["screening_flag"] == "" and rows["bad.png"]["error"]
+    assert {row["screening_flag"] for name, row in rows.items() if name != "bad.png"} <= {"review", "none"}
 
 
 def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_run, synthetic_dataset, tmp_path, capsys):
@@ -133,13 +143,14 @@ def test_predict_flags_the_scans_that_reach_the_runs_screening_threshold(tiny_ru
     scores = sorted(float(row["p_malignant"]) for row in predict_files(load_classifier(run), image_files([synthetic_dataset])))
     threshold = scores[len(scores) // 2]  # half the scans reach it
     set_validation_predictions(run, [("malignant", threshold)] * 10 + [("benign", 0.0)])
-    assert main(["predict", str(run), str(synthetic_dataset), "--csv", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", str(run), str(synthetic_dataset)]) == 0
     out = capsys.readouterr().out
     assert f"Screening threshold: p(malignant) ≥ {threshold:.2g}," in out
+    flagged = {line.split(": ")[0] for line in out.splitlines() if line.endswith("[screening flag: review]")}
+    assert main(["predict", str(run), str(synthetic_dataset), "--csv", str(tmp_path / "p.csv")]) == 0
     with open(tmp_path / "p.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     reaching = {row["path"] for row in rows if float(row["p_malignant"]) >= threshold}
-    flagged = {line.split(": ")[0] for line in out.splitlines() if line.endswith("[screening flag: review]")}
     assert flagged == reaching and 0 < len(flagged) < len(scores)
     assert {row["path"] for row in rows if row["screening_flag"] == "review"} == reaching
     assert {row["screening_flag"] for row in rows if row["path"] not in reaching} == {"none"}
@@ -152,7 +163,7 @@ def test_predict_goes_on_without_an_unreadable_screening_threshold(tiny_run, syn
     assert main(["predict", str(run), str(synthetic_dataset / "benign"), "--csv", str(tmp_path / "p.csv")]) == 0
     captured = capsys.readouterr()
     assert "warning: no screening threshold for this run" in captured.err and "split.csv" in captured.err
-    assert captured.out.count("benign (") == 6 and "Screening threshold" not in captured.out
+    assert "6 scans by this run" in captured.out and "Screening threshold" not in captured.out
     with open(tmp_path / "p.csv", newline="") as file:
         assert [row["screening_flag"] for row in csv.DictReader(file)] == [""] * 6
 
