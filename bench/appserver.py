@@ -21,9 +21,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(base: Path, *arguments: str, timeout: float = 90) -> tuple[subprocess.Popen, int, dict[str, Path]]:
+def start_app(base: Path, *arguments: str, timeout: float = 90,
+              data: Path | None = None) -> tuple[subprocess.Popen, int, dict[str, Path]]:
     """The server, its port and its folders under ``base`` (cache, runs, tmp; its log is
-    ``base/server.log``), once it answers its health check. Raises RuntimeError when it does not."""
+    ``base/server.log``), once it answers its health check; on ``data`` (BUSI_DATA) when given,
+    else on the demo data. Raises RuntimeError when it does not answer."""
     folders = {name: base / name for name in ("cache", "runs", "tmp")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
@@ -31,6 +33,8 @@ def start_app(base: Path, *arguments: str, timeout: float = 90) -> tuple[subproc
     environment = os.environ | {"BUSI_CACHE": str(folders["cache"]), "BUSI_RUNS": str(folders["runs"]),
                                 "TMPDIR": str(folders["tmp"]), "PYTHONDONTWRITEBYTECODE": "1"}
     environment.pop("BUSI_DATA", None)
+    if data is not None:
+        environment["BUSI_DATA"] = str(data)
     with open(base / "server.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port",
                                     str(port), *arguments], cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)

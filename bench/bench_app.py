@@ -1,7 +1,7 @@
 """Dashboard timings on the demo data: the server side with Streamlit's AppTest, then what a
 person waits for in Chromium.
 
-    .venv/bin/python -m bench.bench_app
+    .venv/bin/python -m bench.bench_app [--run RUN --data ../shared/busi]
 
 Trains the quick demo model first (about 30 s), then reports each page's first render and the
 preprocessing playground's update after a slider move on a 500x500 scan (target < 200 ms).
@@ -15,8 +15,10 @@ misclassified malignant cases are redrawn (targets < 1 s).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -94,10 +96,10 @@ def _seconds_until(page, action, done) -> float:
     return time.perf_counter() - started
 
 
-def browser_timings(base: Path, repeats: int = 5) -> None:
+def browser_timings(base: Path, data: Path | None, repeats: int = 5) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    process, port, _ = start_app(base)
+    process, port, _ = start_app(base, data=data)
     url = f"http://127.0.0.1:{port}"
     try:
         with sync_playwright() as playwright:
@@ -131,7 +133,8 @@ def browser_timings(base: Path, repeats: int = 5) -> None:
             page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             page.goto(f"{url}/evaluation")  # the visits above have started the Grad-CAMs in the background
             page.locator("h1").first.wait_for(timeout=300_000)
-            page.get_by_text("Preparing the Grad-CAMs").first.wait_for(state="detached", timeout=600_000)
+            _idle(page)  # drawn whole: the progress bar is there if the Grad-CAMs are still being prepared
+            page.get_by_text("Preparing the Grad-CAMs").first.wait_for(state="detached", timeout=900_000)
             _idle(page)
             print("evaluation, once the run's Grad-CAMs are prepared:")
             squares = page.locator(".st-key-ev_confusion .scatterlayer .point")
@@ -155,7 +158,7 @@ def browser_timings(base: Path, repeats: int = 5) -> None:
                 clicks.append(_seconds_until(page, lambda box=box: page.mouse.click(box["x"] + box["width"] / 2,
                                                                                      box["y"] + box["height"] / 2), done))
             print(f"  a confusion-matrix square clicked until its scans and Grad-CAMs show: median {statistics.median(clicks):.2f} s, "
-                  f"max {max(clicks):.2f} s ({len(clicks)} clicks)")
+                  f"max {max(clicks):.2f} s ({len(clicks)} clicks: {' '.join(f'{c:.2f}' for c in clicks)})")
             toggles = []
             toggle = page.get_by_text("Call a scan malignant when p(malignant) reaches a threshold")
             for attempt in range(2 * repeats):
@@ -182,18 +185,26 @@ def browser_timings(base: Path, repeats: int = 5) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a finished run to use instead of training the quick demo model")
+    parser.add_argument("--data", type=Path, help="the data folder to serve (BUSI_DATA) instead of the demo data")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as base:
         runs = Path(base) / "runs"
         os.environ["BUSI_RUNS"] = str(runs)
-        # A quick demo model, so the evaluation and prediction pages have a run to show.
-        quick = recipe("quick")
-        # On the demo data in the cache that the server will use (a folder it may read).
-        events = list(train(ensure_demo_dataset(Path(base) / "cache"), runs / "quick", quick.train, quick.preprocess))
-        assert events[-1].kind == "done", events[-1]
+        if args.data:
+            os.environ["BUSI_DATA"] = str(args.data.resolve())
+        if args.run:
+            shutil.copytree(args.run, runs / args.run.name)
+        else:  # a quick demo model, so the evaluation and prediction pages have a run to show
+            quick = recipe("quick")
+            # On the demo data in the cache that the server will use (a folder it may read).
+            events = list(train(ensure_demo_dataset(Path(base) / "cache"), runs / "quick", quick.train, quick.preprocess))
+            assert events[-1].kind == "done", events[-1]
         first_renders()
         playground_updates()
         if CHROMIUM.exists():
-            browser_timings(Path(base))
+            browser_timings(Path(base), args.data.resolve() if args.data else None)
         else:
             print("browser timings skipped: no /usr/bin/chromium")
 

@@ -102,6 +102,14 @@ def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndar
     return np.where(probabilities[:, MALIGNANT] >= threshold, MALIGNANT, others.argmax(1))
 
 
+def callable_classes(probabilities: np.ndarray) -> list[tuple[str, str]]:
+    """Per row, the two classes that some decision rule (``decide``, any threshold) can call it:
+    the most probable of the non-malignant classes, and malignant."""
+    others = np.asarray(probabilities, dtype=float).copy()
+    others[:, MALIGNANT] = -1
+    return [(CLASSES[int(row)], CLASSES[MALIGNANT]) for row in others.argmax(1)]
+
+
 def threshold_for_sensitivity(labels: np.ndarray, probabilities: np.ndarray, target: float = SCREENING_SENSITIVITY) -> float:
     """The highest malignant threshold whose sensitivity on these (validation) scans reaches
     ``target``: as many alarms as needed to miss at most 1 - target of the cancers, no more."""

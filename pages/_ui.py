@@ -18,9 +18,17 @@ import numpy as np
 import streamlit as st
 
 from busi import NOTICE
-from busi.data import CLASSES, DatasetIndex, index_dataset
+from busi.data import DatasetIndex, index_dataset
 from busi.errors import BusiError
-from busi.evaluate import Predictions, ScreeningThreshold, folder_predictions, report, run_predictions, screening_threshold
+from busi.evaluate import (
+    Predictions,
+    ScreeningThreshold,
+    callable_classes,
+    folder_predictions,
+    report,
+    run_predictions,
+    screening_threshold,
+)
 from busi.gallery import Gallery
 from busi.imageio import read_scan
 from busi.jobs import default_runs_dir
@@ -280,16 +288,16 @@ def _gallery(checkpoint: str, modified: float, paths: tuple[str, ...], classes: 
 
 
 def gallery(run: Path, predictions: Predictions) -> Gallery:
-    """Grad-CAMs of the evaluated scans still in their folder (for their most probable class and for
-    malignant, the two a threshold can decide between), computed once in the background for every
+    """Grad-CAMs of the evaluated scans still in their folder (for malignant and for the most probable
+    of the other classes: the two any decision rule can call a scan), computed once in the background for every
     session. The scans most wrong about malignancy come first: the missed cancers and false alarms
     of any threshold, which the page shows first (an order that the threshold does not change, so
     moving it reuses the same gallery)."""
     checkpoint = checkpoint_of(run)
     wrongness = np.abs((predictions.labels == MALIGNANT) - predictions.probabilities[:, MALIGNANT])
     rows = [int(row) for row in np.argsort(-wrongness, kind="stable")]
-    classes = tuple(tuple(dict.fromkeys((CLASSES[int(predictions.probabilities[row].argmax())], "malignant")))
-                    for row in rows)
+    callable_ = callable_classes(predictions.probabilities)
+    classes = tuple(callable_[row] for row in rows)
     return _gallery(str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
                     str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
 

@@ -5,9 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from busi.data import CLASSES
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
     calibration,
+    callable_classes,
     cell_rows,
     decide,
     evaluate_run,
@@ -47,6 +49,15 @@ def test_classification_report_matches_hand_computed_values():
     assert result["malignant"]["sensitivity"] == 1.0 and result["malignant"]["specificity"] == pytest.approx(0.75)
     assert result["roc"]["malignant"]["auc"] == pytest.approx(1.0)  # both malignant scans outrank the rest
     assert result["accuracy_ci"][0] < 4 / 6 < result["accuracy_ci"][1]
+
+
+def test_every_class_a_decision_rule_can_call_a_scan_is_among_its_callable_classes():
+    # A gallery prepares the Grad-CAMs of these two classes per scan; any threshold must find its call there.
+    callable_ = callable_classes(PROBABILITIES)
+    for threshold in (None, 0.0, 0.25, 0.5, 0.9, 1.0):
+        for row, call in enumerate(decide(PROBABILITIES, threshold)):
+            assert CLASSES[call] in callable_[row], (threshold, row)
+    assert callable_[1][1] == "malignant" and "malignant" not in callable_[1][:1]
 
 
 def test_a_malignant_threshold_trades_specificity_for_sensitivity():
