@@ -84,13 +84,13 @@ def test_busi_predict_reads_dicom_and_never_prints_the_patient(tiny_run, tmp_pat
 
 
 def test_a_dicom_upload_chooses_its_frame_and_shows_no_identifiers(runs_with_model):
-    from tests.helpers import errors_besides_the_phantom_warning, open_page, widget
+    from tests.helpers import errors_besides_the_phantom_warning, open_page, shown, widget
 
     app = open_page("prediction")
     widget(app, "pr_uploads").set_value([("study.dcm", dicom(SCANS), "application/dicom")]).run()
     assert not app.exception and not errors_besides_the_phantom_warning(app)
-    frame = next(w for w in app.number_input if w.label.startswith("Frame of study.dcm"))
-    assert frame.label == "Frame of study.dcm (of 3)" and frame.value == 1
+    frame = next(w for w in app.number_input if shown(w.label).startswith("Frame of study.dcm"))
+    assert shown(frame.label) == "Frame of study.dcm (of 3)" and frame.value == 1
     frame.set_value(3).run()
     (key,) = app.session_state["pr_results"]  # the frame on screen: the third, not the first
     prediction, _ = app.session_state["pr_results"][key]
