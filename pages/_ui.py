@@ -18,7 +18,7 @@ import numpy as np
 import streamlit as st
 
 from busi import NOTICE
-from busi.data import DatasetIndex, index_dataset
+from busi.data import DatasetIndex, ScanRecord, index_dataset, load_scan
 from busi.errors import BusiError
 from busi.evaluate import (
     Predictions,
@@ -29,7 +29,7 @@ from busi.evaluate import (
     run_predictions,
     screening_threshold,
 )
-from busi.gallery import Gallery
+from busi.gallery import Gallery, ScanView, scan_view
 from busi.imageio import read_scan
 from busi.jobs import default_runs_dir
 from busi.metrics import MALIGNANT
@@ -216,6 +216,21 @@ def classifier(run: Path) -> Classifier | None:
     except (BusiError, OSError) as error:
         st.error(f"Cannot load the model of {literal(run.name)}: {literal(error)}")
         return None
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _model_view(checkpoint: str, modified: float, path: str, _record: ScanRecord) -> tuple[str, float, ScanView]:
+    model = _classifier(checkpoint, modified)
+    probabilities = model.probabilities(model.prepare(load_scan(_record)).model_input[None])[0]
+    label = model.classes[int(probabilities.argmax())]
+    return label, float(probabilities[MALIGNANT]), scan_view(model, _record, [label])
+
+
+def model_view(run: Path, record: ScanRecord) -> tuple[str, float, ScanView]:
+    """The run's call on a dataset scan, its p(malignant) and the scan's view with the Grad-CAM of
+    that call: computed once per model and scan, not on every rerun of a page. Raises BusiError."""
+    checkpoint = checkpoint_of(run)
+    return _model_view(str(checkpoint), os.path.getmtime(checkpoint), str(record.path), record)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -9,7 +9,6 @@ from busi import figures
 from busi.data import CLASSES, load_mask, load_scan, natural_sorted
 from busi.errors import BusiError
 from busi.explain import heatmap_overlay
-from busi.gallery import scan_view
 from busi.preprocess import overlay
 from pages import _ui
 
@@ -88,14 +87,13 @@ else:
     else:
         try:
             with _ui.scan_slot():
-                prediction = model.predict(scan)
-                view = scan_view(model, record, [prediction.label])
+                label, p_malignant, view = _ui.model_view(models[0].path, record)
         except BusiError as error:
             views[3].error(_ui.literal(error))
         else:
-            views[3].image(view.outlined(heatmap_overlay(view.scan, view.heats[prediction.label])), width="stretch",
-                           caption=f"the model calls it {prediction.label} (p(malignant) "
-                                   f"{prediction.probabilities['malignant']:.2f}); Grad-CAM, lesion outline in green")
+            views[3].image(view.outlined(heatmap_overlay(view.scan, view.heats[label])), width="stretch",
+                           caption=f"the model calls it {label} (p(malignant) {p_malignant:.2f}); Grad-CAM, "
+                                   "lesion outline in green")
             st.caption(f"Model: {_ui.literal(_ui.run_label(models[0]))}. " + (model.training_warning or ""))
     st.dataframe({"field": ["class", "size (px)", "mask files", "lesion area", "near-duplicate group", "flags"],
                   "value": [record.label, f"{record.width} × {record.height}",

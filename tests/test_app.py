@@ -142,6 +142,21 @@ def test_dataset_report_names_files_inside_the_dataset_and_opens_the_scan_a_prob
     assert not app.exception
 
 
+def test_the_models_view_of_a_scan_in_detail_is_computed_once_not_on_every_rerun(monkeypatch, synthetic_dataset,
+                                                                                runs_with_model):
+    from busi.predict import Classifier
+
+    calls = []
+    explain = Classifier.explain
+    monkeypatch.setattr(Classifier, "explain", lambda self, image, class_name=None: calls.append(class_name)
+                        or explain(self, image, class_name))
+    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    app = open_page("dataset")
+    widget(app, "dataset_overlay_opacity").set_value(0.8).run()
+    widget(app, "dataset_overlay_opacity").set_value(0.2).run()
+    assert len(calls) == 1 and not app.exception  # one Grad-CAM, for the class the model calls the scan
+
+
 def test_on_the_real_scans_a_label_conflict_opens_beside_its_twin_filed_elsewhere(monkeypatch, real_busi, runs):
     monkeypatch.setenv("BUSI_DATA", str(real_busi))
     app = open_page("dataset")
