@@ -31,6 +31,7 @@ Jobs still running when ``--budget`` seconds are spent are stopped and their fol
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import statistics
 import subprocess
@@ -172,7 +173,10 @@ def adopted_by_spread(gains: dict[str, list[float]], minutes_ratio: float, max_r
 
 
 def _minutes(rows: dict[Job, dict[str, float]], options: tuple[str, ...]) -> float:
-    values = [row["minutes"] for (o, seed, _), row in rows.items() if o == options and seed == 0]
+    """Mean training minutes of the folds whose time was recorded: a fold finished from its
+    checkpoint after an interruption has none, and must not make the time test fail or pass."""
+    values = [row["minutes"] for (o, seed, _), row in rows.items()
+              if o == options and seed == 0 and not math.isnan(row["minutes"])]
     return statistics.mean(values) if values else float("nan")
 
 

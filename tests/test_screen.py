@@ -135,3 +135,12 @@ def test_a_sequential_screen_carries_adopted_variants_and_stops_after_three_miss
     out = capsys.readouterr().out
     assert "--a on top of the recipe: adopt" in out and "--b on top of --a: keep the recipe" in out
     assert "--d on top of --a: keep the recipe" in out and "three successive variants" in out and "--e" not in out
+
+
+def test_training_time_is_averaged_over_the_folds_that_recorded_it():
+    """A fold finished from its checkpoint after an interruption has no training time (NaN): it
+    must neither make the time test fail nor count as free."""
+    rows = {(RECIPE, 0, 0): {"minutes": 20.0}, (RECIPE, 0, 1): {"minutes": float("nan")}, (RECIPE, 0, 2): {"minutes": 30.0},
+            (STRONG, 0, 0): {"minutes": 50.0}, (RECIPE, 1, 0): {"minutes": 90.0}}
+    assert screen._minutes(rows, RECIPE) == 25.0
+    assert np.isnan(screen._minutes({(RECIPE, 0, 1): {"minutes": float("nan")}}, RECIPE))
