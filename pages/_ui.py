@@ -178,16 +178,22 @@ def run_label(run: RunSummary) -> str:
     return f"{run.name} · {state} · trained on {data}"
 
 
-def pick_run(label: str, runs: list[RunSummary], key: str) -> RunSummary:
-    """A run chosen in a picker whose choice survives page switches; the first run (the best for
-    the data in use) by default."""
+def pick_run(label: str, runs: list[RunSummary], key: str, default: str | None = None) -> RunSummary:
+    """A run chosen in a picker; ``st.session_state[key]`` holds its name, survives page switches
+    and may be set by the page (e.g. to a run just started). By default ``default``, else the
+    first run (the best for the data in use)."""
     names = [run.name for run in runs]
+    labels = {run.name: run_label(run) for run in runs}
     if st.session_state.get(key) not in names:
-        saved = st.session_state.get(f"saved_{key}")
-        st.session_state[key] = saved if saved in names else names[0]
-    chosen = st.selectbox(label, names, key=key, format_func=lambda name: run_label(runs[names.index(name)]))
-    st.session_state[f"saved_{key}"] = chosen
-    return runs[names.index(chosen)]
+        st.session_state[key] = default if default in names else names[0]
+    # Streamlit keeps a keyed selectbox's first labels whatever format_func says later, so a run
+    # that finished would still read "running": the widget is keyed by what it shows and the
+    # choice it was drawn with, and a new one is drawn when either changes.
+    shown = hashlib.sha256("\n".join([st.session_state[key], *labels.values()]).encode()).hexdigest()[:12]
+    widget = f"{key}_{shown}"
+    st.selectbox(label, names, index=names.index(st.session_state[key]), key=widget, format_func=labels.__getitem__,
+                 on_change=lambda: st.session_state.update({key: st.session_state[widget]}))
+    return runs[names.index(st.session_state[key])]
 
 
 def keep(key: str, default):

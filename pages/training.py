@@ -36,7 +36,7 @@ def _apply_recipe() -> None:
 
 
 def _follow(name: str) -> None:
-    st.session_state["tr_follow"] = st.session_state["saved_tr_follow"] = name
+    st.session_state["tr_follow"] = name
 
 
 def _start() -> None:
@@ -125,13 +125,8 @@ runs = list_runs(runs_dir)
 if not runs:
     st.info("No runs yet: start one above.")
     st.stop()
-names = [r.name for r in runs]
-if st.session_state.get("tr_follow") not in names:  # the run this session started, else the one training, else the newest
-    saved = st.session_state.get("saved_tr_follow")
-    st.session_state["tr_follow"] = saved if saved in names else running.name if running else names[0]
-followed_name = st.selectbox("Follow run", names, key="tr_follow", format_func=lambda name: _ui.run_label(runs[names.index(name)]))
-st.session_state["saved_tr_follow"] = followed_name
-followed = runs_dir / followed_name
+# The run this session started, else the one training, else the newest.
+followed = runs_dir / _ui.pick_run("Follow run", runs, "tr_follow", default=running.name if running else None).name
 
 
 @st.fragment(run_every=1.0 if running is not None and followed == running else None)

@@ -209,6 +209,13 @@ def test_playground_takes_an_upload_and_refuses_a_broken_one(runs):
 
 # -- training --------------------------------------------------------------------------------
 
+def _followed(app) -> str:
+    """The run the Follow run picker shows, checked against the choice the page keeps."""
+    (picker,) = [box for box in app.selectbox if box.label == "Follow run"]
+    assert picker.value == app.session_state["tr_follow"]
+    return picker.value
+
+
 def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs, synthetic_dataset):
     from busi.config import TrainConfig
     from busi.preprocess import PreprocessConfig
@@ -217,7 +224,7 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs, synthetic_
     list(train(synthetic_dataset, runs / "20260101-000000-earlier", TrainConfig(arch="resnet18", epochs=1, batch_size=4),
                PreprocessConfig(size=32)))
     app = open_page("training")
-    assert widget(app, "tr_follow").value == "20260101-000000-earlier"
+    assert _followed(app) == "20260101-000000-earlier"
     widget(app, "tr_arch").select("resnet18")
     widget(app, "tr_epochs").set_value(1)
     widget(app, "tr_batch_size").set_value(16)
@@ -228,7 +235,7 @@ def test_a_tiny_training_run_is_started_and_followed_to_the_end(runs, synthetic_
     run = active_run(runs)
     assert run is not None and "is running" in app.info[0].value
     # The run just started is followed at once, and Start is disabled while it runs.
-    assert widget(app, "tr_follow").value == run.name and widget(app, "tr_start").disabled
+    assert _followed(app) == run.name and widget(app, "tr_start").disabled
     assert json.loads((run / "request.json").read_text())["preprocess"]["size"] == 32
     deadline = time.monotonic() + 120
     while active_run(runs) and time.monotonic() < deadline:

@@ -137,7 +137,11 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
     page.wait_for_function(
         "(first) => { const p = document.querySelector('.st-key-tr_batch_chart .scatterlayer path.js-line');"
         " return p && p.getAttribute('d').length > first.length; }", arg=first_path, timeout=90_000)
-    page.get_by_text("Finished: the model is epoch").wait_for(timeout=180_000)
+    settle(page, "Finished: the model is epoch", timeout=180_000)
+    # The picker names the run's state as it is now, not as it was when it was first drawn.
+    follow = page.get_by_label("Follow run", exact=True)
+    playwright_api.expect(follow).to_have_count(1, timeout=30_000)  # the one drawn while running may linger a moment
+    playwright_api.expect(follow).to_have_value(re.compile("· finished and evaluated ·"), timeout=30_000)
     no_error_box(page)
     page.screenshot(path=str(shots / "training-done.png"), full_page=True)
 
@@ -230,6 +234,9 @@ def test_two_sessions_one_training_one_predicting_stay_apart(server, browser, mo
     # screen beside the new one for a moment; once settled there must be exactly one.
     settle(trainer, "The run was stopped", timeout=120_000)
     playwright_api.expect(trainer.get_by_text("The run was stopped")).to_have_count(1, timeout=30_000)
+    follow = trainer.get_by_label("Follow run", exact=True)
+    playwright_api.expect(follow).to_have_count(1, timeout=30_000)
+    playwright_api.expect(follow).to_have_value(re.compile("· stopped at epoch "), timeout=30_000)
 
 
 def test_file_names_are_shown_as_themselves(server, browser, model):
