@@ -16,6 +16,9 @@ from busi.errors import DatasetError
 from busi.synth import ensure_demo_dataset
 
 DEMO_SOURCE = "Synthetic demo data"
+# The folder the person running the app set up (BUSI_DATA), named for visitors, who need neither
+# the setting's name nor the server's path.
+CONFIGURED_SOURCE = "Dataset set up for this app"
 # Longer than any real path, short enough that a pasted essay is not handed to the file system.
 MAX_PATH_CHARACTERS = 1024
 # A weights file larger than this is not a classifier's backbone (ResNet-50's is about 100 MB).
@@ -74,7 +77,7 @@ def resolve_weights_file(text: str, roots: tuple[Path, ...] | None = None) -> Pa
 
 
 def data_sources() -> dict[str, Path]:
-    """The named sources offered by default: BUSI_DATA when set (first, so it is the default),
-    and the demo data."""
-    sources = {"BUSI_DATA": Path(os.environ["BUSI_DATA"]).expanduser()} if os.environ.get("BUSI_DATA") else {}
+    """The named sources offered by default: the folder BUSI_DATA names, when set (first, so it is
+    the default), and the demo data."""
+    sources = {CONFIGURED_SOURCE: Path(os.environ["BUSI_DATA"]).expanduser()} if os.environ.get("BUSI_DATA") else {}
     return sources | {DEMO_SOURCE: ensure_demo_dataset()}

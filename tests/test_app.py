@@ -72,7 +72,7 @@ def _on_screen(node) -> list[str]:
     if isinstance(node, Block):
         return [text for child in node.children.values() for text in _on_screen(child)]
     texts = [getattr(node, attribute, None) for attribute in ("label", "value", "placeholder", "help")]
-    texts += list(getattr(node, "captions", []) or [])
+    texts += list(getattr(node, "captions", []) or []) + list(getattr(node, "options", []) or [])
     if node.type == "dataframe":
         texts.append(node.value.to_string())
     return [str(text) for text in texts if text is not None]
@@ -83,7 +83,7 @@ def test_no_page_shows_a_server_path_or_a_setting_name(page, runs_with_model, sy
     shutil.copytree(runs_with_model / "20260101-000000-resnet18", runs_with_model / "20260102-000000-resnet18")
     monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
     app = open_page(page)
-    text = "\n".join(_on_screen(app.main))
+    text = "\n".join(_on_screen(app.main) + _on_screen(app.sidebar))
     assert len(text) > 200  # the page said something
     for secret in (str(runs_with_model.parent), str(synthetic_dataset), str(Path.home()), "BUSI_"):
         assert secret not in text, (secret, [line for line in text.splitlines() if secret in line])
