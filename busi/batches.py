@@ -86,14 +86,21 @@ class TrainingBatches:
     replacement instead of shuffling. ``augment`` names an ``busi.augment`` policy ("none": off).
     ``masks`` and ``mask_known`` (per scan) come along for the lesion-map loss. ``to_tensor``
     turns a uint8 batch on ``device`` into the model's normalised input.
+
+    On rank ``rank`` of ``world`` processes (``busi.distributed``), ``rng`` must draw the same on
+    every rank: each rank takes its share of the same epoch order and makes the same number of
+    batches, each about ``batch_size / world`` scans, augmented and mixed with ``draws`` (its own
+    generator, so ranks do not repeat each other's augmentations).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, rows: np.ndarray, batch_size: int, *,
                  rng: np.random.Generator, device: torch.device, to_tensor: Callable[[torch.Tensor], torch.Tensor],
                  augment: str = "none", mixup: float = 0.0, cutmix: float = 0.0, masks: np.ndarray | None = None,
-                 mask_known: np.ndarray | None = None, sample_weights: np.ndarray | None = None) -> None:
+                 mask_known: np.ndarray | None = None, sample_weights: np.ndarray | None = None,
+                 rank: int = 0, world: int = 1, draws: np.random.Generator | None = None) -> None:
         self.images, self.labels, self.rows, self.batch_size = images, labels, rows, batch_size
         self.rng, self.device, self.to_tensor = rng, device, to_tensor
+        self.rank, self.world, self.draws = rank, world, draws or rng
         self.augment, self.mixup, self.cutmix = augment, mixup, cutmix
         self.masks, self.mask_known, self.sample_weights = masks, mask_known, sample_weights
 
@@ -105,6 +112,10 @@ class TrainingBatches:
             order = self.rng.choice(self.rows, len(self.rows), p=self.sample_weights)
         else:
             order = self.rng.permutation(self.rows)
+        if self.world > 1:
+            # As torch's DistributedSampler: the order padded with its own first rows to a multiple
+            # of the ranks, then every world-th row, so every rank makes batches of the same sizes.
+            order = np.resize(order, math.ceil(len(order) / self.world) * self.world)[self.rank :: self.world]
         for rows in np.array_split(order, len(self)):
             yield self._batch(rows)
 
@@ -112,10 +123,10 @@ class TrainingBatches:
         images = self.images[rows]
         masks = self.masks[rows] if self.masks is not None else None
         if self.augment != "none":  # drawn afresh every batch, after the cached deterministic preprocessing
-            images, masks = augment_batch(images, self.rng, self.augment, masks)
+            images, masks = augment_batch(images, self.draws, self.augment, masks)
         x = self.to_tensor(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         targets = torch.from_numpy(self.labels[rows]).to(self.device)
-        mix = draw_mix(self.rng, len(rows), x.shape[-1], self.mixup, self.cutmix, self.device)
+        mix = draw_mix(self.draws, len(rows), x.shape[-1], self.mixup, self.cutmix, self.device)
         if masks is None:
             return Batch(mix(x) if mix else x, targets, mix)
         lesions = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device).float()

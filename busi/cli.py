@@ -17,6 +17,7 @@ from busi import NOTICE, synth
 from busi.archive import ARCHIVE_BATCH, predict_archive, screening_flag
 from busi.config import DEVICES, JobOptions, TrainConfig, config_to_dict, train_config_from_saved
 from busi.data import CLASSES, UPLOAD_TYPES, DatasetIndex, index_dataset
+from busi.distributed import ranks_from_environment, signal_stop
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
     BOOTSTRAP_SAMPLES,
@@ -123,6 +124,16 @@ def _render_event(event) -> None:
         print(f"\nstopped in epoch {event.epoch} ({event.reason}); resume with --resume")
 
 
+DISTRIBUTED_HELP = """\
+several GPUs or machines (torchrun starts one process per GPU; gloo between CPUs, NCCL between GPUs):
+  torchrun --nproc-per-node N -m busi train --data DATA --out RUN ...
+  --batch-size is the global batch, split evenly over the N processes (a multiple of N), and --lr
+  applies to that global batch: the same flags on more processes train the same recipe. To fill
+  more GPUs, raise --batch-size and scale --lr by the same factor (the linear scaling rule, Goyal
+  et al. 2017), with a warm-up. Only rank 0 writes RUN; a STOP file or Ctrl-C stops every rank
+  after the same batch with a checkpoint, and --resume (with the same torchrun command) continues.
+  Batch norm statistics are per process, as in torchvision's reference without --sync-bn."""
+
 # The flags that choose what is trained; --resume continues with the run's saved ones instead.
 _RECIPE_FLAGS = ("recipe", "config", "image_size", "channels", *(field.name for field in dataclasses.fields(TrainConfig)))
 
@@ -159,13 +170,16 @@ def _train(args: argparse.Namespace) -> int:
         config, preprocess = _train_configs(args)
     run = RunFolder(args.out)
 
+    main = ranks_from_environment().main
+
     def request_stop(signum, frame) -> None:  # the engine stops at the next batch, checkpointed
-        run.request_stop()
+        run.request_stop() if main else signal_stop()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     for event in train(args.data, args.out, config, preprocess, job=job, resume=args.resume):
-        _render_event(event)
+        if main:  # under torchrun, rank 0 speaks for the job
+            _render_event(event)
         if isinstance(event, Failed):
             print(f"\nerror: {event.message}", file=sys.stderr)
             return 2
@@ -296,7 +310,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     recipes = "recipes:\n" + "\n".join(textwrap.fill(f"{name}: {item.summary}", 100, initial_indent="  ",
                                                     subsequent_indent="    ", break_on_hyphens=False) for name, item in RECIPES.items())
     train_parser = commands.add_parser("train", help="train a classifier into a run folder (defaults: the study's recipe)",
-                                       epilog=recipes, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       epilog=recipes + "\n\n" + DISTRIBUTED_HELP,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     train_parser.add_argument("--data", required=True, help="dataset folder")
     train_parser.add_argument("--out", required=True, help="run folder to create or resume")
     train_parser.add_argument("--resume", action="store_true",

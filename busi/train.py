@@ -9,16 +9,19 @@ consumers: the command line, the app's job runner (through the command line) and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from busi.arrays import class_numbers, lesion_masks, masks_known, model_inputs
@@ -26,6 +29,7 @@ from busi.batches import Batch, TrainingBatches
 from busi.config import JobOptions, TrainConfig, train_config_from_saved
 from busi.data import CLASSES, index_dataset, is_synthetic
 from busi.device import environment, resolve_device
+from busi.distributed import Ranks, lost_peer, lost_rank_message, process_group, ranks_from_environment, stop_signalled
 from busi.errors import BusiError, ParameterError
 from busi.events import BatchEnd, Done, EpochEnd, Event, Failed, Started, Stopped
 from busi.lesion import LesionHead, attach_lesion_head
@@ -136,6 +140,7 @@ class TrainingState:
     normalisation: Normalisation  # of the backbone's inputs, as its pretrained weights expect
     head: LesionHead | None = None
     averaged: AveragedModel | None = None
+    replicated: nn.Module | None = None  # the model wrapped in DistributedDataParallel, on several ranks
     epoch: int = 0  # the last finished epoch
     model_epoch: int = 0  # the epoch whose weights are the model, and their validation macro-F1
     model_val_macro_f1: float = -1.0
@@ -143,6 +148,11 @@ class TrainingState:
     def to_tensor(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 scans -> the model's normalised input."""
         return to_model_tensor(images, self.normalisation)
+
+    @property
+    def trained(self) -> nn.Module:
+        """What the training steps run: the replicated model when there is one."""
+        return self.replicated or self.model
 
     @property
     def scored(self) -> nn.Module:
@@ -194,7 +204,7 @@ def fit(state: TrainingState, batches: TrainingBatches, validation: tuple[np.nda
         for parameter in body:  # the new head learns alone first, so its random start does not unsettle the body
             parameter.requires_grad_(epoch > config.freeze_epochs)
         epoch_loss = 0.0
-        for event in train_one_epoch(state.model, batches, state.optimizer, criterion=state.criterion, epoch=epoch,
+        for event in train_one_epoch(state.trained, batches, state.optimizer, criterion=state.criterion, epoch=epoch,
                                      lesion_head=state.head, lesion_weight=config.mask_weight, averaged=state.averaged):
             epoch_loss += event.loss * event.size
             yield event
@@ -223,31 +233,49 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Train
     """Train into ``run_dir``, yielding events; stops at the next batch when the run folder's
     STOP file appears (the app and signal handlers create it) after saving a usable checkpoint.
     ``resume`` continues from the run's last checkpoint with its saved recipe."""
-    run = RunFolder(run_dir)
-    run.create()
-    run.clear_stop()
-    with run.event_log() as emit:
+    run, ranks = RunFolder(run_dir), ranks_from_environment()
+    if ranks.main:
+        run.create()
+        run.clear_stop()
+    with run.event_log() if ranks.main else nullcontext(lambda event: event) as emit:
+        checkpoint, device = None, None
         try:
-            checkpoint = None
-            if resume:
-                checkpoint = run.load_checkpoint()
-                config = train_config_from_saved(checkpoint["train_config"])
-                preprocess = PreprocessConfig.from_saved(checkpoint["preprocess_config"])
-            yield emit(Started(checkpoint["epoch"] + 1 if checkpoint else 1, config.epochs, os.getpid(), resume))
-            yield from _train(run, emit, data_dir, config, preprocess, job, checkpoint)
+            device = ranks.device(resolve_device(job.device))
+            with process_group(ranks, device):
+                if resume:
+                    checkpoint = ranks.from_main(run.load_checkpoint() if ranks.main else None)
+                    config = train_config_from_saved(checkpoint["train_config"])
+                    preprocess = PreprocessConfig.from_saved(checkpoint["preprocess_config"])
+                yield emit(Started(checkpoint["epoch"] + 1 if checkpoint else 1, config.epochs, os.getpid(), resume))
+                yield from _train(run, emit, data_dir, config, preprocess, job, checkpoint, ranks, device)
         except BusiError as error:
             yield emit(Failed(str(error)))
         except torch.OutOfMemoryError:
             yield emit(Failed("Out of memory: lower the batch size or the image size, or train on the CPU."))
+        except RuntimeError as error:
+            if not (ranks.distributed and lost_peer(error)):
+                raise
+            yield emit(Failed(lost_rank_message(error, _last_saved_epoch(run) if ranks.main else 0)))
+
+
+def _last_saved_epoch(run: RunFolder) -> int:
+    try:
+        return run.load_checkpoint()["epoch"]
+    except BusiError:
+        return 0
 
 
 def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: TrainConfig, preprocess: PreprocessConfig,
-           job: JobOptions, checkpoint: dict | None) -> Iterator[Event]:
+           job: JobOptions, checkpoint: dict | None, ranks: Ranks, device: torch.device) -> Iterator[Event]:
+    if ranks.distributed:
+        _check_distributable(config, ranks)
     torch.manual_seed(config.training_seed)
-    rng = np.random.default_rng((config.training_seed, checkpoint["epoch"] + 1 if checkpoint else 1))
+    first_epoch = checkpoint["epoch"] + 1 if checkpoint else 1
+    rng = np.random.default_rng((config.training_seed, first_epoch))
+    # Each rank augments its own scans: its own draws, the same on every resume of the same epoch.
+    draws = np.random.default_rng((config.training_seed, first_epoch, ranks.rank)) if ranks.distributed else rng
     if job.threads:
         torch.set_num_threads(job.threads)
-    device = resolve_device(job.device)
     # Built before any data is read, so that a wrong architecture or weights source fails at once.
     model = build_model(config.arch, len(CLASSES), config.pretrained)
     index = index_dataset(data_dir, roots=tuple(map(Path, job.roots)) if job.roots else None)
@@ -264,14 +292,20 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     stats = input_statistics(images[train_rows])
     trained_on = Provenance(str(index.root), is_synthetic(index.root), index.class_counts(),
                             {part: int((parts == part).sum()) for part in PARTS})
-    run.write_config(config, preprocess, job, trained_on)
-    run.write_split(index, parts)
-    run.write_environment(environment(device))
+    if ranks.main:
+        run.write_config(config, preprocess, job, trained_on)
+        run.write_split(index, parts)
+        run.write_environment(environment(device) | {"processes": ranks.world})
 
     state = new_training_state(config, device, size=preprocess.size, model=model,
                                class_weight=class_weights(labels[train_rows]) if config.class_weighting == "loss" else None)
     if checkpoint:
         state.load_state_dict(checkpoint)
+    if ranks.distributed:
+        # Every rank starts from rank 0's weights (DDP broadcasts them) and averages its gradients
+        # with the others'. With the body frozen at first, its parameters get no gradient then.
+        state.replicated = DistributedDataParallel(state.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=config.freeze_epochs > 0)
     sample_weights = None
     if config.class_weighting == "sampler":
         per_class = class_weights(labels[train_rows]).numpy()[labels[train_rows]]
@@ -279,7 +313,8 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     masks = lesion_masks(index, preprocess) if config.mask_weight else None
     batches = TrainingBatches(images, labels, train_rows, config.batch_size, rng=rng, device=device, to_tensor=state.to_tensor,
                               augment=config.augment, mixup=config.mixup, cutmix=config.cutmix, masks=masks,
-                              mask_known=masks_known(index) if config.mask_weight else None, sample_weights=sample_weights)
+                              mask_known=masks_known(index) if config.mask_weight else None, sample_weights=sample_weights,
+                              rank=ranks.rank, world=ranks.world, draws=draws)
 
     def record(model: nn.Module) -> dict:
         return model_record(model.state_dict(), config, preprocess, stats, state.normalisation.to_dict(), trained_on)
@@ -287,7 +322,15 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
     def save(epoch: int) -> None:
         run.save_checkpoint(record(state.model) | state.state_dict() | {"epoch": epoch})
 
-    for event in fit(state, batches, (images[val_rows], labels[val_rows]), config, device, stop_requested=run.stop_requested):
+    def stop_requested() -> bool:  # any rank's request stops every rank after the same batch
+        return ranks.any(run.stop_requested() if ranks.main else stop_signalled(), device)
+
+    for event in fit(state, batches, (images[val_rows], labels[val_rows]), config, device, stop_requested=stop_requested):
+        if isinstance(event, BatchEnd) and ranks.distributed:  # rank 0 speaks for the whole batch
+            event = dataclasses.replace(event, size=event.size * ranks.world, images_per_s=event.images_per_s * ranks.world)
+        if not ranks.main:
+            yield event
+            continue
         if isinstance(event, Stopped):
             save(state.epoch)  # the interrupted epoch is redone on resume
             run.clear_stop()
@@ -299,6 +342,15 @@ def _train(run: RunFolder, emit: Callable[[Event], Event], data_dir, config: Tra
             _write_predictions(run, state, encoded_scans(index), images, labels, parts,
                                [index.relative_path(r) for r in index.records], device, config.batch_size)
         yield emit(event)
+
+
+def _check_distributable(config: TrainConfig, ranks: Ranks) -> None:
+    if config.batch_size % ranks.world:
+        raise ParameterError(f"batch_size {config.batch_size} is the global batch, split evenly over the {ranks.world} "
+                             f"processes: choose a multiple of {ranks.world}.")
+    if config.mask_weight:
+        raise ParameterError("The lesion masks as extra supervision (mask_weight) train on one process only: set "
+                             "mask_weight to 0 or train without torchrun.")
 
 
 def _write_predictions(run: RunFolder, training: TrainingState, encoded: np.ndarray, images: np.ndarray, labels: np.ndarray,
