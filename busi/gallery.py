@@ -9,6 +9,7 @@ them, small, for every session; a page reads what is ready and says how far it h
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ def scan_view(classifier: Classifier, record: ScanRecord, classes: Sequence[str]
     return ScanView(_shrink(scan, side), None if mask is None else _shrink(mask, side), heats)
 
 
+log = logging.getLogger(__name__)
+
+
 class Gallery:
     """Views of ``records`` computed in a background thread, readable from any thread meanwhile.
     ``classes[i]`` names the Grad-CAMs wanted for ``records[i]``."""
@@ -76,14 +80,19 @@ class Gallery:
         self._jobs = list(zip(records, classes, strict=True))
         self._views: dict[str, ScanView] = {}
         self._lock = threading.Lock()
+        self.failure: str | None = None  # why the background work ended early
         self._thread = threading.Thread(target=self._work, args=(classifier,), daemon=True, name="busi-gallery")
         self._thread.start()
 
     def _work(self, classifier: Classifier) -> None:
-        for record, classes in self._jobs:
-            view = scan_view(classifier, record, classes)
-            with self._lock:
-                self._views[str(record.path)] = view
+        try:
+            for record, classes in self._jobs:
+                view = scan_view(classifier, record, classes)
+                with self._lock:
+                    self._views[str(record.path)] = view
+        except Exception as error:  # kept for the page to say, instead of waiting for the views forever
+            self.failure = f"{type(error).__name__}: {error}"
+            log.exception("Grad-CAM gallery stopped")
 
     @property
     def total(self) -> int:

@@ -319,8 +319,11 @@ def gallery(run: Path, predictions: Predictions) -> Gallery:
     rows = [int(row) for row in np.argsort(-wrongness, kind="stable")]
     callable_ = callable_classes(predictions.probabilities)
     classes = tuple(callable_[row] for row in rows)
-    return _gallery(str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
-                    str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
+    views = _gallery(str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
+                     str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
+    if views.failure:  # shown once; the next visit tries afresh instead of showing the same failure forever
+        _gallery.clear()
+    return views
 
 
 # Decoding and explaining a scan holds its frame in memory: at most this many at once, whatever

@@ -102,9 +102,12 @@ else:
     views = _ui.gallery(run, predictions)
 
 
-@st.fragment(run_every=1.0 if index is not None and views.ready < views.total else None)
+@st.fragment(run_every=1.0 if index is not None and views.ready < views.total and not views.failure else None)
 def heatmap_progress() -> None:
-    if views.ready < views.total:
+    if views.failure:
+        st.error(f"The Grad-CAMs could not be prepared ({_ui.literal(views.failure)}): reload the page to try again; "
+                 "the numbers above do not depend on them.")
+    elif views.ready < views.total:
         st.progress(views.ready / views.total, text=f"Preparing the Grad-CAMs of these scans: {views.ready} of {views.total}")
     elif st.session_state.get("ev_waiting_for_heatmaps"):
         del st.session_state["ev_waiting_for_heatmaps"]
