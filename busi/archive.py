@@ -6,6 +6,10 @@ before, and appends each batch's rows to the CSV as soon as they are known. Memo
 batches of scans at most, whatever the archive's size. A run that was interrupted resumes: the
 scans already in the CSV are skipped (a row cut short by the interruption is dropped and done
 again). A file that cannot be read becomes a row with its error, never a crash.
+
+Under torchrun each rank takes every world-th scan of the same walk into its own part file
+beside the CSV (``part_path``); once every rank is through, rank 0 merges the parts into the
+CSV (``merge_parts``). An interrupted distributed run resumes from the parts and the CSV alike.
 """
 
 from __future__ import annotations
@@ -101,27 +105,79 @@ def _prepare(classifier: Classifier, path: Path) -> Prepared | BusiError:
         return error
 
 
+def _header(out_csv: Path) -> list[str]:
+    if not out_csv.exists():
+        return []
+    with open(out_csv, newline="", encoding="utf-8") as file:
+        return next(csv.reader(file), [])
+
+
 def _batches(paths: Iterable[Path], size: int) -> Iterator[list[Path]]:
     iterator = iter(paths)
     while batch := list(islice(iterator, size)):
         yield batch
 
 
+def part_path(out_csv: Path, rank: int, world: int) -> Path:
+    """Where rank ``rank`` of ``world`` writes its share before the merge."""
+    return out_csv.with_name(f"{out_csv.name}.part-{rank}-of-{world}")
+
+
+def merge_parts(parts: Sequence[Path], out_csv: Path) -> int:
+    """Append the rows of ``parts`` (the ranks' CSVs, in rank order) to ``out_csv`` (its header
+    when new), leaving out scans already there; then delete the parts. The rows added."""
+    before = finished_paths(out_csv)
+    new_file = not out_csv.exists() or out_csv.stat().st_size == 0
+    added = 0
+    with open(out_csv, "a", newline="", encoding="utf-8") as out:
+        writer = None
+        for part in parts:
+            finished_paths(part)  # drops a last line cut short
+            with open(part, newline="", encoding="utf-8") as file:
+                rows = csv.DictReader(file)
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=rows.fieldnames or [], lineterminator="\n")
+                    if new_file:
+                        writer.writeheader()
+                for row in rows:
+                    if row["path"] not in before:
+                        writer.writerow(row)
+                        added += 1
+    for part in parts:
+        part.unlink()
+    return added
+
+
 def predict_archive(classifier: Classifier, folders: Sequence[str | os.PathLike], out_csv: str | os.PathLike, *,
                     screening: ScreeningThreshold | None = None, batch_size: int = ARCHIVE_BATCH,
-                    workers: int = 2) -> Iterator[ArchiveProgress]:
+                    workers: int = 2, share: tuple[int, int] = (0, 1),
+                    done_elsewhere: frozenset[str] = frozenset()) -> Iterator[ArchiveProgress]:
     """Classify every scan under ``folders`` into ``out_csv`` (see the module docstring), yielding
     progress after each batch. ``workers`` threads decode and preprocess (OpenCV and the decoders
-    release the interpreter's lock) while the model runs."""
+    release the interpreter's lock) while the model runs. ``share`` = (rank, world): this process
+    takes every world-th scan from its rank on; ``done_elsewhere``: scans already in the merged CSV."""
     out_csv = Path(out_csv)
-    before = finished_paths(out_csv)
-    total = sum(str(path) not in before for path in archive_files(folders))
-    skipped = len(before)
-    if total == 0 and not skipped:
+    if next(archive_files(folders), None) is None:
         raise BusiError(f"No scans in {', '.join(map(str, folders))}: give folders holding scan files "
                         f"({', '.join(UPLOAD_TYPES)}, or DICOM).")
-    pending = (path for path in archive_files(folders) if str(path) not in before)
+    rank, world = share
+    before = finished_paths(out_csv) | done_elsewhere
+
+    def mine() -> Iterator[Path]:
+        return (path for number, path in enumerate(archive_files(folders)) if number % world == rank)
+
+    total = skipped = 0
+    for path in mine():
+        if str(path) in before:
+            skipped += 1
+        else:
+            total += 1
+    pending = (path for path in mine() if str(path) not in before)
     columns = list(prediction_row("", BusiError(""), classifier.classes)) + ["screening_flag"]
+    written = _header(out_csv)
+    if written and written != columns:  # another model's classes, or another program's file
+        raise BusiError(f"'{out_csv}' holds other columns than this model writes ({', '.join(written)}): choose a new "
+                        "file name, or the run that wrote it.")
     started, done, errors = time.monotonic(), 0, 0
     new_file = not out_csv.exists() or out_csv.stat().st_size == 0
     with open(out_csv, "a", newline="", encoding="utf-8") as file, ThreadPoolExecutor(workers) as pool:

@@ -11,13 +11,18 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
 from busi import NOTICE, synth
-from busi.archive import ARCHIVE_BATCH, predict_archive, screening_flag
+from busi.archive import ARCHIVE_BATCH, finished_paths, merge_parts, part_path, predict_archive, screening_flag
 from busi.config import DEVICES, JobOptions, TrainConfig, config_to_dict, train_config_from_saved
 from busi.data import CLASSES, UPLOAD_TYPES, DatasetIndex, index_dataset
-from busi.distributed import ranks_from_environment, signal_stop
+from busi.device import resolve_device
+from busi.distributed import process_group, ranks_from_environment, signal_stop
 from busi.errors import BusiError, ParameterError
 from busi.evaluate import (
     BOOTSTRAP_SAMPLES,
@@ -201,10 +206,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # Seconds between progress lines of a long prediction: a log, not a flood.
 PROGRESS_EVERY = 5.0
+# How long a rank that finished its share of an archive waits for the slowest one.
+ARCHIVE_WAIT = timedelta(hours=24)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    classifier = load_classifier(args.run)
+    classifier = load_classifier(args.run, ranks_from_environment().device(resolve_device(args.device)))
     try:
         screening = screening_threshold(args.run)
     except BusiError as error:  # the predictions do not depend on it, so they go on without it
@@ -235,14 +242,30 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_archive(args: argparse.Namespace, classifier: Classifier, screening: ScreeningThreshold | None) -> int:
-    """Many scans into a CSV: streamed, resumable, with progress on stderr (busi.archive)."""
-    last_report = 0.0
-    progress = None
-    for progress in predict_archive(classifier, args.images, args.csv, screening=screening, batch_size=args.batch_size,
-                                    workers=args.workers):
-        if progress.done == progress.total or time.monotonic() - last_report >= PROGRESS_EVERY:
-            print(progress.describe(), file=sys.stderr, flush=True)
-            last_report = time.monotonic()
+    """Many scans into a CSV: streamed, resumable, with progress on stderr (busi.archive); under
+    torchrun each rank its share into a part file, merged into the CSV by rank 0 at the end."""
+    ranks, out = ranks_from_environment(), Path(args.csv)
+    with process_group(ranks, torch.device("cpu"), timeout=ARCHIVE_WAIT):  # gloo only coordinates: no tensors travel
+        target = part_path(out, ranks.rank, ranks.world) if ranks.distributed else out
+        who = f"rank {ranks.rank}: " if ranks.distributed else ""
+        last_report = 0.0
+        progress = None
+        for progress in predict_archive(classifier, args.images, target, screening=screening, batch_size=args.batch_size,
+                                        workers=args.workers, share=(ranks.rank, ranks.world),
+                                        done_elsewhere=frozenset(finished_paths(out)) if ranks.distributed else frozenset()):
+            if progress.done == progress.total or time.monotonic() - last_report >= PROGRESS_EVERY:
+                print(who + progress.describe(), file=sys.stderr, flush=True)
+                last_report = time.monotonic()
+        if ranks.distributed:
+            dist.barrier()  # every share is written before rank 0 merges them
+            if ranks.main:
+                merge_parts([part_path(out, rank, ranks.world) for rank in range(ranks.world)], out)
+            # The sum of the ranks' counts, and no rank leaves (ending the job) before the merge is done.
+            counts = torch.tensor([progress.done, progress.skipped, progress.errors])
+            dist.all_reduce(counts)
+            progress = dataclasses.replace(progress, done=int(counts[0]), skipped=int(counts[1]), errors=int(counts[2]))
+    if not ranks.main:
+        return 0  # rank 0 reports for the job
     if screening:
         print(screening.describe())
     print(f"Predictions written to {args.csv}: {progress.done} scans by this run"
@@ -354,6 +377,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 "an interrupted run resumes (scans already in the file are skipped)")
     predict_parser.add_argument("--batch-size", type=int, default=ARCHIVE_BATCH, help="scans per batch with --csv")
     predict_parser.add_argument("--workers", type=int, default=2, help="threads decoding scans with --csv")
+    predict_parser.add_argument("--device", choices=DEVICES, default="cpu",
+                                help="where the model runs (under torchrun each rank takes its own GPU)")
     predict_parser.set_defaults(run_command=_predict)
 
     report_parser = commands.add_parser("report", help="write a self-contained HTML report of a run, to hand out")

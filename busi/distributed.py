@@ -85,13 +85,14 @@ def ranks_from_environment() -> Ranks:
 
 
 @contextmanager
-def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
-    """Joins the job's process group for the duration (NCCL between GPUs, gloo between CPUs)."""
+def process_group(ranks: Ranks, device: torch.device, timeout: timedelta = COLLECTIVE_TIMEOUT) -> Iterator[None]:
+    """Joins the job's process group for the duration (NCCL between GPUs, gloo between CPUs);
+    a collective waits ``timeout`` for every rank."""
     if not ranks.distributed:
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT,
+    dist.init_process_group(backend, timeout=timeout,
                             **({"device_id": device} if backend == "nccl" else {}))
     try:
         yield

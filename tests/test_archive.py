@@ -1,16 +1,21 @@
 """Prediction over an archive: nested folders streamed into a CSV, unreadable files as rows, resuming."""
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from busi import synth
-from busi.archive import ArchiveProgress, archive_files, finished_paths, predict_archive
+from busi.archive import ArchiveProgress, archive_files, finished_paths, merge_parts, part_path, predict_archive
 from busi.cli import main
 from busi.errors import BusiError
 from busi.predict import load_classifier
 from tests.helpers import png_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +104,42 @@ def test_progress_says_the_rate_and_the_time_left():
     assert ArchiveProgress(100, 1000, 0, 0, 10.0).describe() == "100 of 1000 scans (10.0/s, about 2 min left)"
     assert ArchiveProgress(50, 60, 20, 1, 5.0).describe() == \
         "50 of 60 scans (10.0/s, about 1 s left); 1 unreadable; 20 already done earlier"
+
+
+def test_a_csv_of_another_model_is_not_appended_to(tiny_run, export, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("path,label,p_benign,p_cancer,error,warnings,screening_flag\n")
+    with pytest.raises(BusiError, match="other columns than this model writes"):
+        list(predict_archive(load_classifier(tiny_run), [export], other))
+
+
+def test_shares_of_the_ranks_cover_the_archive_once_and_merge_into_one_csv(tiny_run, export, tmp_path):
+    classifier = load_classifier(tiny_run)
+    out = tmp_path / "out.csv"
+    parts = [part_path(out, rank, 2) for rank in range(2)]
+    for rank, part in enumerate(parts):
+        progress = list(predict_archive(classifier, [export], part, batch_size=64, share=(rank, 2)))
+        assert progress[-1].total == (151, 150)[rank]
+    assert not {row["path"] for row in rows_of(parts[0])} & {row["path"] for row in rows_of(parts[1])}
+    assert merge_parts(parts, out) == 301 and not any(part.exists() for part in parts)
+    assert sorted(row["path"] for row in rows_of(out)) == sorted(map(str, archive_files([export])))
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "busi", "predict"]
+
+
+def test_under_torchrun_two_ranks_write_one_csv_and_resume(tiny_run, export, tmp_path):
+    out = tmp_path / "out.csv"
+    environment = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([*TORCHRUN, str(tiny_run), str(export), "--csv", str(out), "--batch-size", "64"], cwd=ROOT,
+                           env=environment, capture_output=True, text=True, timeout=300)
+    assert f"Predictions written to {out}: 301 scans by this run; 1 could not be read" in first.stdout, first.stderr
+    assert "rank 0: " in first.stderr and "rank 1: " in first.stderr  # each rank's progress
+    rows = rows_of(out)
+    assert sorted(row["path"] for row in rows) == sorted(map(str, archive_files([export])))
+    assert not list(tmp_path.glob("out.csv.part-*"))
+    again = subprocess.run([*TORCHRUN, str(tiny_run), str(export), "--csv", str(out)], cwd=ROOT, env=environment,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"Predictions written to {out}: 0 scans by this run, 301 already there." in again.stdout
+    assert len(rows_of(out)) == 301
