@@ -102,15 +102,20 @@ else:
     views = _ui.gallery(run, predictions)
 
 
-@st.fragment(run_every=1.0 if index is not None and views.ready < views.total and not views.failure else None)
+# While the Grad-CAMs are prepared, the progress below redraws itself every second; the tick
+# that finds them all ready redraws the page once, which stops the ticking (a timer left
+# running kept interrupting the first click's run) and fills the pairs still "Preparing…".
+preparing = index is not None and views.ready < views.total and not views.failure
+
+
+@st.fragment(run_every=1.0 if preparing else None)
 def heatmap_progress() -> None:
     if views.failure:
         st.error(f"The Grad-CAMs could not be prepared ({_ui.literal(views.failure)}): reload the page to try again; "
                  "the numbers above do not depend on them.")
     elif views.ready < views.total:
         st.progress(views.ready / views.total, text=f"Preparing the Grad-CAMs of these scans: {views.ready} of {views.total}")
-    elif st.session_state.get("ev_waiting_for_heatmaps"):
-        del st.session_state["ev_waiting_for_heatmaps"]
+    elif preparing:
         st.rerun()
 
 
@@ -125,7 +130,6 @@ def show_pair(position: int, heading: str) -> None:
     view = views.view(record)
     columns = st.columns([1, 1, 1.3])
     if view is None:
-        st.session_state["ev_waiting_for_heatmaps"] = True
         columns[0].info("Preparing…")
     elif view.error:
         columns[0].error(_ui.literal(view.error))
