@@ -238,7 +238,7 @@ def train(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: Train
         run.create()
         run.clear_stop()
     with run.event_log() if ranks.main else nullcontext(lambda event: event) as emit:
-        checkpoint, device = None, None
+        checkpoint = None
         try:
             device = ranks.device(resolve_device(job.device))
             with process_group(ranks, device):
