@@ -4,7 +4,8 @@ for display and computed once, in the background, for a whole set of scans.
 A page that shows the confusion matrix's cells or the missed cancers needs a Grad-CAM per scan
 (a forward and a backward pass each); computed on click, a cell of a dozen scans took seconds.
 ``Gallery`` computes them all in one background thread as soon as a run is opened and keeps
-them, small, for every session; a page reads what is ready and says how far it has come.
+them, small, for every session; a page reads what is ready and says how far it has come, and the
+scans a visitor opens meanwhile jump the queue.
 """
 
 from __future__ import annotations
@@ -77,36 +78,63 @@ class Gallery:
     ``classes[i]`` names the Grad-CAMs wanted for ``records[i]``."""
 
     def __init__(self, classifier: Classifier, records: Sequence[ScanRecord], classes: Sequence[Sequence[str]]) -> None:
-        self._jobs = list(zip(records, classes, strict=True))
+        self._pending = list(zip(records, classes, strict=True))  # in the order they will be computed
+        self._known = {str(record.path) for record in records}
         self._views: dict[str, ScanView] = {}
-        self._lock = threading.Lock()
+        self._working = True
+        self._changed = threading.Condition()  # guards _pending, _views and _working; notified as each view lands
         self.failure: str | None = None  # why the background work ended early
         self._thread = threading.Thread(target=self._work, args=(classifier,), daemon=True, name="busi-gallery")
         self._thread.start()
 
     def _work(self, classifier: Classifier) -> None:
         try:
-            for record, classes in self._jobs:
+            while True:
+                with self._changed:
+                    if not self._pending:
+                        return
+                    record, classes = self._pending.pop(0)
                 view = scan_view(classifier, record, classes)
-                with self._lock:
+                with self._changed:
                     self._views[str(record.path)] = view
+                    self._changed.notify_all()
         except Exception as error:  # kept for the page to say, instead of waiting for the views forever
             self.failure = f"{type(error).__name__}: {error}"
             log.exception("Grad-CAM gallery stopped")
+        finally:
+            with self._changed:
+                self._working = False
+                self._changed.notify_all()
 
     @property
     def total(self) -> int:
-        return len(self._jobs)
+        return len(self._known)
 
     @property
     def ready(self) -> int:
-        with self._lock:
+        with self._changed:
             return len(self._views)
 
     def view(self, record: ScanRecord) -> ScanView | None:
         """The scan's view, or None while it is still being computed (or was not asked for)."""
-        with self._lock:
+        with self._changed:
             return self._views.get(str(record.path))
+
+    def put_first(self, records: Sequence[ScanRecord]) -> None:
+        """Compute ``records`` (the scans a visitor is looking at) before the rest, which keep their
+        order: a click on a square while the gallery is prepared would otherwise wait for every scan
+        queued before its own."""
+        wanted = {str(record.path) for record in records}
+        with self._changed:
+            self._pending.sort(key=lambda job: str(job[0].path) not in wanted)  # stable
+
+    def wait_for(self, records: Sequence[ScanRecord], timeout: float) -> bool:
+        """Whether the views of ``records`` are all ready, waiting up to ``timeout`` seconds for them
+        (not longer once the background work has ended)."""
+        wanted = {str(record.path) for record in records} & self._known
+        with self._changed:
+            self._changed.wait_for(lambda: wanted <= self._views.keys() or not self._working, timeout)
+            return wanted <= self._views.keys()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Whether every view is ready, waiting up to ``timeout`` seconds for it."""

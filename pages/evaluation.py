@@ -2,12 +2,13 @@
 confusion matrix, curves, calibration, the malignant cases it got wrong, and a report to hand out."""
 
 import math
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from busi import figures
-from busi.data import CLASSES
+from busi.data import CLASSES, ScanRecord
 from busi.errors import BusiError
 from busi.evaluate import cell_rows, decide, format_interval, misclassified_malignant, report_json, report_rows
 from busi.explain import heatmap_overlay
@@ -19,6 +20,7 @@ from pages import _ui
 _ui.sidebar()
 PAIRS_PER_PAGE = 6  # scan and Grad-CAM pairs of a confusion-matrix cell
 CASES_PER_PAGE = 5  # rows of misclassified malignant cases
+PAIRS_WAIT_S = 5.0  # for a page's Grad-CAMs while the rest are prepared (six take about 2 s on 2 CPU cores)
 OWN_SCANS, DATA_IN_USE = "Its own test scans", "Every scan of the data in use"
 
 st.title("Evaluation")
@@ -119,12 +121,31 @@ def heatmap_progress() -> None:
         st.rerun()
 
 
-def show_pair(position: int, heading: str) -> None:
+def show_pairs(pairs: list[tuple[int, str]]) -> None:
+    """A page of scans, each beside its Grad-CAM. While the gallery is still being prepared, these
+    scans go first and each is drawn as soon as it is ready (within a few seconds for the page),
+    rather than as "Preparing…" until every scan is done."""
+    records = [_record_of(position) for position, _ in pairs]
+    views.put_first([record for record in records if record is not None])
+    deadline = time.monotonic() + PAIRS_WAIT_S
+    for (position, heading), record in zip(pairs, records):
+        if record is not None:
+            views.wait_for([record], timeout=max(0.0, deadline - time.monotonic()))
+        show_pair(position, heading, record)
+
+
+def _record_of(position: int) -> ScanRecord | None:
+    """The scan's record, or None when it has left the data folder since the run was scored."""
+    try:
+        return index.record(predictions.paths[position])
+    except BusiError:
+        return None
+
+
+def show_pair(position: int, heading: str, record: ScanRecord | None) -> None:
     """One scan and its Grad-CAM side by side, both with the lesion outline, and the facts beside."""
     class_name = CLASSES[predicted[position]]
-    try:
-        record = index.record(predictions.paths[position])
-    except BusiError:
+    if record is None:
         st.warning(f"{_ui.literal(predictions.paths[position])} is not in the data folder any more.")
         return
     view = views.view(record)
@@ -184,8 +205,8 @@ def confusion_cell() -> None:
         if cell is not None and index is not None:
             rows = cell_rows(predictions.labels, predicted, *cell)
             st.markdown(f"**{len(rows)} scans**: true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}")
-            for slot in pager("ev_cell_page", len(rows), PAIRS_PER_PAGE):
-                show_pair(int(rows[slot]), f"{slot + 1} of {len(rows)}")
+            show_pairs([(int(rows[slot]), f"{slot + 1} of {len(rows)}")
+                        for slot in pager("ev_cell_page", len(rows), PAIRS_PER_PAGE)])
 
 
 confusion_cell()
@@ -209,9 +230,9 @@ def misclassified_cases() -> None:
     elif index is not None:
         st.write(f"{sum(kind == 'false negative' for _, kind in misclassified)} missed cancers, "
                  f"{sum(kind == 'false positive' for _, kind in misclassified)} false alarms.")
-        for slot in pager("ev_cases_page", len(misclassified), CASES_PER_PAGE):
-            position, kind = misclassified[slot]
-            show_pair(position, f"{kind}, p(malignant) {predictions.probabilities[position, MALIGNANT]:.2f}")
+        shown = [misclassified[slot] for slot in pager("ev_cases_page", len(misclassified), CASES_PER_PAGE)]
+        show_pairs([(position, f"{kind}, p(malignant) {predictions.probabilities[position, MALIGNANT]:.2f}")
+                    for position, kind in shown])
 
 
 misclassified_cases()

@@ -563,3 +563,30 @@ def test_preprocessing_settings_survive_a_switch_to_an_upload_and_to_another_pag
     app.switch_page("pages/playground.py").run()
     assert widget(app, "pg_size").value == 128 and widget(app, "pg_canny_high").value == 300 and not app.exception
     assert app.session_state["playground_config"].size == 128
+
+
+def test_a_square_opened_while_the_grad_cams_are_prepared_shows_its_scans_first(runs_with_model, synthetic_dataset,
+                                                                                  monkeypatch):
+    """The Grad-CAMs are prepared in the background, the malignant errors first; a square opened
+    meanwhile shows its own scans within seconds, not "Preparing…" until the whole queue ahead is done."""
+    import busi.gallery
+    from busi.evaluate import folder_predictions
+    from busi.metrics import MALIGNANT
+
+    monkeypatch.setenv("BUSI_DATA", str(synthetic_dataset))
+    predictions = folder_predictions(load_classifier(runs_with_model / "20260101-000000-resnet18"), synthetic_dataset)
+    wrongness = np.abs((predictions.labels == MALIGNANT) - predictions.probabilities[:, MALIGNANT])
+    last = int(np.argsort(-wrongness, kind="stable")[-1])  # the page queues the scans in this order
+    cell = (int(predictions.labels[last]), int(predictions.probabilities[last].argmax()))
+    real_scan_view, computed = busi.gallery.scan_view, []
+
+    def slow_scan_view(classifier, record, classes):  # 18 scans: 9 s for the whole queue
+        time.sleep(0.5)
+        computed.append(record.path)
+        return real_scan_view(classifier, record, classes)
+
+    monkeypatch.setattr(busi.gallery, "scan_view", slow_scan_view)
+    app = open_page("evaluation", ev_scope="Every scan of the data in use", ev_cell=cell)
+    assert any(f"true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}" in m.value for m in app.markdown)
+    assert "Preparing…" not in [info.value for info in app.info]
+    assert len(computed) < 18, "the page waited for every Grad-CAM"
