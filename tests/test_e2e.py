@@ -108,8 +108,11 @@ def test_a_person_walks_through_every_page(server, browser, tmp_path):
 
     open_page(page, server, "dataset", "Validation report", shots, "dataset")
     page.get_by_text(f"{3 * synth.DEMO_PER_CLASS} of {3 * synth.DEMO_PER_CLASS} scans match").wait_for()
-    # Open under the fourth thumbnail (counting order) shows that scan in detail.
-    page.locator("[class*='st-key-dataset_open_'] button").nth(3).click()
+    # Open under the fourth thumbnail (counting order) shows that scan in detail. The browser may
+    # still be drawing the grid after the script has finished: all 24 of the page first.
+    opens = page.locator("[class*='st-key-dataset_open_'] button")
+    playwright_api.expect(opens).to_have_count(24, timeout=30_000)
+    opens.nth(3).click()
     playwright_api.expect(page.get_by_label("Scan", exact=True)).to_have_value("benign/benign (4).png", timeout=30_000)
     settle(page, "Validation report")
     page.get_by_label("Group", exact=True).fill("3")
