@@ -414,8 +414,12 @@ def test_two_runs_are_compared_on_the_scans_they_both_held_out(server, browser, 
     # Opened from its address in a new session, the page still uses the whole width.
     assert page.locator("h1").first.bounding_box()["x"] < 420
     chosen = page.locator(".st-key-cmp_runs")
-    while chosen.get_by_role("button", name=re.compile("^Remove ")).count():  # whatever runs came first
-        chosen.get_by_role("button", name=re.compile("^Remove ")).first.click()
+    remove = chosen.get_by_role("button", name=re.compile("^Remove "))
+    for left in reversed(range(remove.count())):  # whatever runs came first
+        remove.first.click()
+        # The rerun may not have begun when the click returns; clicking again before the chip is
+        # gone hits a button the rerun is about to replace (CI timed out on one).
+        playwright_api.expect(remove).to_have_count(left, timeout=60_000)
         settle(page, "Score them on")
     for name in names:
         chosen.locator("input").click()
