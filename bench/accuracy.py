@@ -20,6 +20,7 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,19 @@ def scored_fold(fold: int, test: Predictions, validation: Predictions, calibrate
     return ScoredFold(row, test.labels, calibrated, test.groups, decide(calibrated, threshold) == MALIGNANT)
 
 
+def recorded(values: Iterable[float]) -> list[float]:
+    """The values that were measured: a fold finished from its checkpoint after an interruption
+    has no training time (NaN), and must count neither as free nor as a failure."""
+    return [value for value in values if not math.isnan(value)]
+
+
+def _mean_sd(values: list[float]) -> str:
+    kept = recorded(values)
+    mean = statistics.mean(kept) if kept else math.nan
+    sd = statistics.stdev(kept) if len(kept) > 1 else math.nan
+    return f"{mean:9.3f} ± {sd:4.3f}"
+
+
 def print_table(scored: list[ScoredFold]) -> None:
     """Every fold, the mean ± sd over folds, and the pooled out-of-fold scores with 95 % intervals."""
     rows = [fold.row for fold in scored]
@@ -221,8 +235,7 @@ def print_table(scored: list[ScoredFold]) -> None:
     for row in rows:
         print(f"{row['fold']:>6} {row['n']:>4} " + " ".join(f"{row[c]:16.3f}" for c in COLUMNS))
     if len(rows) > 1:
-        print(f"{'mean':>6} {'':>4} " + " ".join(f"{statistics.mean(r[c] for r in rows):9.3f} ± {statistics.stdev(r[c] for r in rows):4.3f}"
-                                             for c in COLUMNS))
+        print(f"{'mean':>6} {'':>4} " + " ".join(_mean_sd([r[c] for r in rows]) for c in COLUMNS))
     labels = np.concatenate([fold.labels for fold in scored])
     pooled = report(labels, np.concatenate([fold.probabilities for fold in scored]),
                     groups=np.concatenate([fold.groups for fold in scored]))

@@ -31,7 +31,6 @@ Jobs still running when ``--budget`` seconds are spent are stopped and their fol
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import statistics
 import subprocess
@@ -39,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.accuracy import COLUMNS, OUT
+from bench.accuracy import COLUMNS, OUT, recorded
 
 RECIPE = ()  # the recipe as it stands: no options
 SCORES = tuple(column for column in COLUMNS if column != "ece_before")
@@ -173,10 +172,8 @@ def adopted_by_spread(gains: dict[str, list[float]], minutes_ratio: float, max_r
 
 
 def _minutes(rows: dict[Job, dict[str, float]], options: tuple[str, ...]) -> float:
-    """Mean training minutes of the folds whose time was recorded: a fold finished from its
-    checkpoint after an interruption has none, and must not make the time test fail or pass."""
-    values = [row["minutes"] for (o, seed, _), row in rows.items()
-              if o == options and seed == 0 and not math.isnan(row["minutes"])]
+    """Mean training minutes of the folds whose time was recorded."""
+    values = recorded(row["minutes"] for (o, seed, _), row in rows.items() if o == options and seed == 0)
     return statistics.mean(values) if values else float("nan")
 
 

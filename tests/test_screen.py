@@ -45,6 +45,18 @@ def test_the_fold_row_reads_back_what_the_benchmark_prints(tmp_path):
     assert fold_row(log, 3) == pytest.approx({name: float(value) for name, value in row.items()})
 
 
+def test_the_table_averages_training_time_over_the_folds_that_recorded_it():
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    folds = [ScoredFold({"fold": fold, "n": 6} | dict.fromkeys(COLUMNS, 0.5) | {"minutes": minutes}, labels,
+                        np.eye(3)[labels] * 0.8 + 0.2 / 3, np.arange(6), labels == 1)
+             for fold, minutes in ((0, 20.0), (1, float("nan")), (2, 30.0))]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_table(folds)
+    mean_line = next(line for line in printed.getvalue().splitlines() if line.lstrip().startswith("mean"))
+    assert mean_line.split("±")[-2].split()[-1] == "25.000" and mean_line.split("±")[-1].strip() == "7.071"
+
+
 def test_phase_two_runs_the_best_qualified_variant_else_the_best_gain_for_information():
     assert pick({STRONG: _gains(0.04, 0.03), BIG: _gains(0.05, 0.05, malignant_recall=-0.01)}, 0.03) == (STRONG, True)
     assert pick({STRONG: _gains(0.04, 0.02), BIG: _gains(0.01, 0.02)}, 0.03) == (STRONG, False)
