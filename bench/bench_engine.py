@@ -1,6 +1,6 @@
 """Training throughput and prediction latency of the engine against bare-model baselines.
 
-    .venv/bin/python -m bench.bench_engine [DATA_DIR] [--scans 64] [--arch resnet50]
+    .venv/bin/python -m bench.bench_engine [DATA_DIR] [--scans 64] [--arch resnet50] [--size 224]
 
 Targets (issue 3):
 - an epoch of our data path (preprocessed once, cached; flips applied per batch) within 1.15x
@@ -42,8 +42,8 @@ def _model_step(model: nn.Module, optimizer, criterion, x: torch.Tensor, y: torc
     optimizer.step()
 
 
-def time_epochs(index, arch: str, batch_size: int) -> dict[str, float]:
-    preprocess = PreprocessConfig()
+def time_epochs(index, arch: str, batch_size: int, size: int) -> dict[str, float]:
+    preprocess = PreprocessConfig(size=size)
     pipeline = Pipeline(preprocess)
     labels = np.array([CLASSES.index(label) for label in index.labels])
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def time_epochs(index, arch: str, batch_size: int) -> dict[str, float]:
             epoch()
             times[name].append(time.perf_counter() - started)
     result = {name: min(values) for name, values in times.items()}
-    print(f"epoch of {len(labels)} scans, {arch}, batch {batch_size}, 224 px, {torch.get_num_threads()} threads:")
+    print(f"epoch of {len(labels)} scans, {arch}, batch {batch_size}, {size} px, {torch.get_num_threads()} threads:")
     print(f"  model forward+backward+step on ready tensors  {result['model']:.1f} s")
     print(f"  ours (cached inputs, flips per batch)          {result['ours']:.1f} s  ratio {result['ours'] / result['model']:.3f}")
     print(f"  plain loop (decode + preprocess every epoch)   {result['plain']:.1f} s  ratio {result['plain'] / result['model']:.3f}")
@@ -95,9 +95,9 @@ def time_epochs(index, arch: str, batch_size: int) -> dict[str, float]:
     return result
 
 
-def time_prediction(index, arch: str, repeats: int = 20) -> None:
+def time_prediction(index, arch: str, size: int, repeats: int = 20) -> None:
     state = {"model": build_model(arch, len(CLASSES)).state_dict(), "train_config": config_to_dict(TrainConfig(arch=arch)),
-             "preprocess_config": config_to_dict(PreprocessConfig()), "classes": list(CLASSES)}
+             "preprocess_config": config_to_dict(PreprocessConfig(size=size)), "classes": list(CLASSES)}
     classifier = Classifier(state, Path("bench"))
     path = index.records[0].path
     x = to_model_tensor(torch.from_numpy(classifier.pipeline.model_input(load_scan(index.records[0]))[None]))
@@ -117,7 +117,7 @@ def time_prediction(index, arch: str, repeats: int = 20) -> None:
             call()
             samples[name].append((time.perf_counter() - started) * 1000)
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    print(f"one scan ({path.name}), {arch}, median of {repeats}:")
+    print(f"one scan ({path.name}), {arch} at {size} px, median of {repeats}:")
     for name, value in medians.items():
         print(f"  {name:16} {value:7.1f} ms  ratio {value / medians['bare forward']:.3f}")
 
@@ -128,12 +128,13 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=64)
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=PreprocessConfig().size)
     args = parser.parse_args()
     index = index_dataset(args.data)
     index.records = index.records[:: max(1, len(index.records) // args.scans)][: args.scans]
     print(f"{os.cpu_count()} cores, torch {torch.__version__}")
-    time_epochs(index, args.arch, args.batch_size)
-    time_prediction(index, args.arch)
+    time_epochs(index, args.arch, args.batch_size, args.size)
+    time_prediction(index, args.arch, args.size)
 
 
 if __name__ == "__main__":
