@@ -23,7 +23,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     # Chosen by group-aware cross-validation with rules fixed before the folds ran (BENCHMARKS.md).
     Recipe("best", "Recommended: EfficientNet-Lite0 from ImageNet weights", "Our recipe: EfficientNet-Lite0 starting from ImageNet weights (installed with the package, no "
-                   "network needed), fine-tuned at 224 px for 12 epochs (about 12 minutes on two CPU cores), AdamW "
+                   "network needed), fine-tuned at 224 px for 12 epochs (about 8 minutes on two CPU cores), AdamW "
                    "0.0005 with a warm-up epoch and cosine decay, weight decay 0.05, class-weighted loss with label "
                    "smoothing 0.1, ultrasound augmentation (horizontal flips, small rotations, scaling and shifts, "
                    "gain, contrast and speckle), and the final epoch's weights as the model.",
