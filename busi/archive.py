@@ -50,16 +50,21 @@ def archive_files(folders: Iterable[str | os.PathLike]) -> Iterator[Path]:
                     yield path
 
 
+def drop_cut_line(csv_path: Path) -> None:
+    """Remove a last line that an interrupted writer left without its newline."""
+    with open(csv_path, "rb+") as file:
+        data = file.read()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            file.truncate(complete)
+
+
 def finished_paths(out_csv: Path) -> set[str]:
     """The scans an earlier run already wrote to ``out_csv``. A last line cut short when that run
     was interrupted is removed from the file, so that its scan is done again."""
     if not out_csv.exists():
         return set()
-    with open(out_csv, "rb+") as file:
-        data = file.read()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            file.truncate(complete)
+    drop_cut_line(out_csv)
     with open(out_csv, newline="", encoding="utf-8") as file:
         rows = csv.DictReader(file)
         if rows.fieldnames is None:
@@ -132,7 +137,7 @@ def merge_parts(parts: Sequence[Path], out_csv: Path) -> int:
     with open(out_csv, "a", newline="", encoding="utf-8") as out:
         writer = None
         for part in parts:
-            finished_paths(part)  # drops a last line cut short
+            drop_cut_line(part)
             with open(part, newline="", encoding="utf-8") as file:
                 rows = csv.DictReader(file)
                 if writer is None:

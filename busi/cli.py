@@ -178,7 +178,10 @@ def _train(args: argparse.Namespace) -> int:
     main = ranks_from_environment().main
 
     def request_stop(signum, frame) -> None:  # the engine stops at the next batch, checkpointed
-        run.request_stop() if main else signal_stop()
+        if main:
+            run.request_stop()
+        else:
+            signal_stop()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)

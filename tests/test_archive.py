@@ -143,3 +143,12 @@ def test_under_torchrun_two_ranks_write_one_csv_and_resume(tiny_run, export, tmp
     assert again.returncode == 0, again.stderr
     assert f"Predictions written to {out}: 0 scans by this run, 301 already there." in again.stdout
     assert len(rows_of(out)) == 301
+
+
+def test_a_rank_cut_short_mid_row_leaves_that_row_out_of_the_merge(tmp_path):
+    out = tmp_path / "out.csv"
+    parts = [part_path(out, rank, 2) for rank in range(2)]
+    parts[0].write_text("path,label\n/export/scan 1,benign\n/export/scan 3,mal")  # killed while writing
+    parts[1].write_text("path,label\n/export/scan 2,normal\n")
+    assert merge_parts(parts, out) == 2
+    assert [(row["path"], row["label"]) for row in rows_of(out)] == [("/export/scan 1", "benign"), ("/export/scan 2", "normal")]
