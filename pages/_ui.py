@@ -319,10 +319,11 @@ def gallery(run: Path, predictions: Predictions) -> Gallery:
     rows = [int(row) for row in np.argsort(-wrongness, kind="stable")]
     callable_ = callable_classes(predictions.probabilities)
     classes = tuple(callable_[row] for row in rows)
-    views = _gallery(str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
-                     str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
+    key = (str(checkpoint), checkpoint.stat().st_mtime, tuple(predictions.paths[row] for row in rows), classes,
+           str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
+    views = _gallery(*key)
     if views.failure:  # shown once; the next visit tries afresh instead of showing the same failure forever
-        _gallery.clear()
+        _gallery.clear(*key)  # this run's gallery only: other sessions' stay ready
     return views
 
 

@@ -590,3 +590,26 @@ def test_a_square_opened_while_the_grad_cams_are_prepared_shows_its_scans_first(
     assert any(f"true {CLASSES[cell[0]]}, predicted {CLASSES[cell[1]]}" in m.value for m in app.markdown)
     assert "Preparing…" not in [info.value for info in app.info]
     assert len(computed) < 18, "the page waited for every Grad-CAM"
+
+
+def test_a_failed_gallery_is_tried_afresh_and_other_runs_keep_theirs(runs_with_model, tiny_run, synthetic_dataset,
+                                                                     monkeypatch):
+    import busi.gallery
+    from busi.evaluate import folder_predictions
+    from pages import _ui
+
+    runs = [runs_with_model / "20260101-000000-resnet18", runs_with_model / "20260102-000000-second"]
+    shutil.copytree(tiny_run, runs[1])
+    predictions = [folder_predictions(load_classifier(run), synthetic_dataset) for run in runs]
+    kept = _ui.gallery(runs[0], predictions[0])
+    assert kept.wait(60) and kept.failure is None
+
+    def broken_scan_view(classifier, record, classes):
+        raise RuntimeError("backward failed")
+
+    monkeypatch.setattr(busi.gallery, "scan_view", broken_scan_view)
+    failed = _ui.gallery(runs[1], predictions[1])
+    assert failed.wait(60) and failed.failure == "RuntimeError: backward failed"
+    # Shown once (by the call that returned it, or by the next one if it failed later), then tried afresh.
+    assert [_ui.gallery(runs[1], predictions[1]) for _ in range(2)][-1] is not failed
+    assert _ui.gallery(runs[0], predictions[0]) is kept  # without recomputing another run's Grad-CAMs
