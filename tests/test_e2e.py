@@ -94,6 +94,9 @@ def open_page(page, server, path: str, text: str, shots: Path, name: str) -> Non
     page.goto(f"{server['url']}/{path}")
     settle(page, text)
     no_error_box(page)
+    # plotly.js draws after the script has ended: a screenshot taken sooner shows blank charts.
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+                           ".every(chart => chart.querySelector('.main-svg'))", timeout=30_000)
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
 
