@@ -434,5 +434,6 @@ def test_two_runs_are_compared_on_the_scans_they_both_held_out(server, browser, 
     no_error_box(page)
     for name in names:  # the legends of the overlaid ROC and PR curves
         playwright_api.expect(page.locator(".legendtext", has_text=name)).to_have_count(2, timeout=30_000)
-    page.keyboard.press("Escape")  # the picker's list closed
+    page.keyboard.press("Escape")  # the picker's list closed, and gone before the screenshot
+    playwright_api.expect(page.get_by_role("option")).to_have_count(0, timeout=30_000)
     page.screenshot(path=str(SCREENSHOTS / "compare-two-runs.png"), full_page=True)
