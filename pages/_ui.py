@@ -323,7 +323,7 @@ def gallery(run: Path, predictions: Predictions) -> Gallery:
            str(predictions.data_dir), predictions.data_dir.stat().st_mtime)
     views = _gallery(*key)
     if views.failure:  # shown once; the next visit tries afresh instead of showing the same failure forever
-        _gallery.clear(*key)  # this run's gallery only: other sessions' stay ready
+        _gallery.clear(*key)  # this run's gallery only: other runs' stay ready
     return views
 
 
